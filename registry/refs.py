@@ -1,0 +1,70 @@
+"""Adapter refs: `name` (prod alias, else latest), `name:3` (version), `name@canary` (alias)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from registry.errors import ErrorCode, SwitchboardError
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+PROD_ALIAS = "prod"
+# Names the serving layer gives a meaning of its own; an adapter may not take them.
+RESERVED_NAMES = frozenset({"base", "auto"})
+
+
+def validate_name(name: str, what: str = "adapter name") -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SwitchboardError(
+            ErrorCode.INVALID_NAME,
+            f"invalid {what} {name!r}: use 1-63 characters of lowercase letters, digits, "
+            "'-' and '_', starting with a letter or digit",
+        )
+    if what == "adapter name" and name in RESERVED_NAMES:
+        raise SwitchboardError(
+            ErrorCode.INVALID_NAME, f"{name!r} is reserved and cannot name an adapter"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    """A parsed ref. At most one of `version` and `alias` is set."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AdapterRef:
+        if not isinstance(text, str) or not text:
+            raise SwitchboardError(ErrorCode.INVALID_REF, "empty adapter ref")
+        if ":" in text and "@" in text:
+            raise SwitchboardError(
+                ErrorCode.INVALID_REF,
+                f"invalid ref {text!r}: use name, name:VERSION or name@ALIAS, not both",
+            )
+        if ":" in text:
+            name, _, raw = text.partition(":")
+            if not raw.isdigit() or int(raw) < 1:
+                raise SwitchboardError(
+                    ErrorCode.INVALID_REF,
+                    f"invalid ref {text!r}: the version after ':' must be a positive integer",
+                )
+            return cls(validate_name(name), version=int(raw))
+        if "@" in text:
+            name, _, alias = text.partition("@")
+            return cls(validate_name(name), alias=validate_name(alias, "alias"))
+        return cls(validate_name(text))
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name
+
+
+def served_name(name: str, version: int, content_digest: str) -> str:
+    """What an engine calls a version: unique per content, since vLLM keys caches by it."""
+    return f"{name}-v{version}-{content_digest[:12]}"

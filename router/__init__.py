@@ -1,0 +1,1 @@
+"""Switchboard router (built in a later issue)."""

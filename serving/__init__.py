@@ -1,0 +1,1 @@
+"""Switchboard serving (built in a later issue)."""

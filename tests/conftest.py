@@ -1,0 +1,150 @@
+"""Shared fixtures: a real tiny Llama base, real PEFT adapters for it, both store backends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry import BaseModelInfo, BaseModels, Registry, Settings
+
+POSTGRES_URL = os.environ.get(
+    "SWITCHBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+# CI sets this so that a missing server fails the run instead of skipping the suite.
+REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_REQUIRE_POSTGRES") == "1"
+
+
+def _make_tiny_base(path: Path, hidden: int, seed: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+
+
+def make_adapter(
+    base_dir: Path, out: Path, method: str = "lora", seed: int = 0, rank: int = 4
+) -> Path:
+    """A real PEFT adapter for `base_dir`, with non-zero weights, saved to `out`."""
+    import torch
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if method == "lora":
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            init_lora_weights=False,  # random B: the adapter changes outputs
+        )
+    else:
+        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-base")
+    _make_tiny_base(path, hidden=32, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base of another width: adapters for it must not fit `tiny_base_dir`."""
+    path = tmp_path_factory.mktemp("other-base")
+    _make_tiny_base(path, hidden=48, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora"), "lora", seed=1)
+
+
+@pytest.fixture(scope="session")
+def lora_dir_2(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora2"), "lora", seed=2)
+
+
+@pytest.fixture(scope="session")
+def prefix_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("prefix"), "prefix")
+
+
+@pytest.fixture(scope="session")
+def foreign_lora_dir(other_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(other_base_dir, tmp_path_factory.mktemp("foreign"), "lora")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny_base(tiny_base_dir: Path, home: Path) -> BaseModelInfo:
+    return BaseModels(home / "bases").get(str(tiny_base_dir))
+
+
+def _postgres_schema_url() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        admin.dispose()
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc.__class__.__name__}")
+    schema = f"sb_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"create schema {schema}"))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, home: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield Settings(home=home).registry_url
+    else:
+        yield from _postgres_schema_url()
+
+
+@pytest.fixture
+def registry(database_url: str, home: Path) -> Iterator[Registry]:
+    store = Registry(database_url, home)
+    yield store
+    store.close()

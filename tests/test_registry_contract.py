@@ -1,0 +1,321 @@
+"""The registry's contract, run against every store backend (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from registry import (
+    MANIFEST_FILE,
+    BaseModelInfo,
+    BaseModels,
+    ErrorCode,
+    ManifestDraft,
+    Registry,
+    SwitchboardError,
+)
+from registry.tensors import sha256_file
+
+
+@contextmanager
+def _error(code: ErrorCode, match: str) -> Iterator[None]:
+    """Expect a SwitchboardError of `code` whose message contains `match`."""
+    with pytest.raises(SwitchboardError) as info:
+        yield
+    assert info.value.code == code, (info.value.code, info.value.message)
+    assert match in info.value.message, info.value.message
+
+
+def _blob_count(home: Path) -> int:
+    root = home / "blobs" / "sha256"
+    return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def test_publish_records_a_complete_manifest(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path
+) -> None:
+    manifest = registry.publish(lora_dir, "legal", tiny_base)
+    assert (manifest.name, manifest.version, manifest.ref) == ("legal", 1, "legal:1")
+    assert manifest.method == "lora"
+    assert manifest.rank == 4 and manifest.alpha == 8.0
+    assert manifest.target_modules == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    assert manifest.base.fingerprint == tiny_base.fingerprint
+    assert set(manifest.files) >= {"adapter_config.json", "adapter_model.safetensors"}
+    for rel, entry in manifest.files.items():
+        assert entry.sha256 == sha256_file(lora_dir / rel)
+        assert registry.blobs.path(entry.sha256).is_file()
+    assert manifest.served_name == f"legal-v1-{manifest.content_digest[:12]}"
+    assert manifest.tools["switchboard"]
+    assert manifest.parent is None and manifest.components == []
+    assert registry.manifest("legal:1") == manifest
+
+
+def test_versions_increase_and_refs_resolve(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    first = registry.publish(lora_dir, "legal", tiny_base)
+    second = registry.publish(lora_dir_2, "legal", tiny_base)
+    assert (first.version, second.version) == (1, 2)
+    assert registry.resolve("legal").version == 2  # no prod alias: latest
+    assert registry.resolve("legal:1").version == 1
+    registry.set_alias("legal", "prod", 1)
+    assert registry.resolve("legal").version == 1  # prod wins over latest
+    registry.set_alias("legal", "canary", 2)
+    assert registry.resolve("legal@canary").version == 2
+    assert registry.resolve("legal:1").aliases == ("prod",)
+    registry.set_alias("legal", "prod", 2)  # moved, not copied
+    assert registry.resolve("legal").version == 2
+    assert registry.resolve("legal:2").aliases == ("canary", "prod")
+    registry.remove_alias("legal", "prod")
+    assert registry.resolve("legal").version == 2
+    with _error(ErrorCode.NOT_FOUND, "no alias 'prod'"):
+        registry.remove_alias("legal", "prod")
+    with _error(ErrorCode.NOT_FOUND, "legal:9 does not exist"):
+        registry.resolve("legal:9")
+    with _error(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
+        registry.resolve("nope")
+    with _error(ErrorCode.NOT_FOUND, "no alias 'beta'"):
+        registry.resolve("legal@beta")
+    with _error(ErrorCode.NOT_FOUND, "legal:7 does not exist"):
+        registry.set_alias("legal", "prod", 7)
+
+
+def test_same_content_new_version_gets_a_new_served_name(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    one = registry.publish(lora_dir, "a", tiny_base)
+    again = registry.publish(lora_dir, "a", tiny_base)
+    other = registry.publish(lora_dir_2, "a", tiny_base)
+    assert one.content_digest == again.content_digest != other.content_digest
+    names = {one.served_name, again.served_name, other.served_name}
+    assert len(names) == 3
+    assert other.served_name.endswith(other.content_digest[:12])
+
+
+@pytest.mark.parametrize(
+    "name", ["Legal", "", "-x", "a" * 64, "has space", "ünï", "x/y", "base", "auto"]
+)
+def test_bad_names_are_refused(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, home: Path, name: str
+) -> None:
+    with _error(ErrorCode.INVALID_NAME, repr(name)):
+        registry.publish(lora_dir, name, tiny_base)
+    assert registry.list_adapters() == []
+    assert _blob_count(home) == 0
+
+
+@pytest.mark.parametrize("ref", ["legal:0", "legal:x", "legal:", "legal@", "le gal", "a:1@b"])
+def test_bad_refs_are_refused(registry: Registry, ref: str) -> None:
+    with pytest.raises(SwitchboardError) as info:
+        registry.resolve(ref)
+    assert info.value.code in (ErrorCode.INVALID_REF, ErrorCode.INVALID_NAME)
+
+
+def _broken_copy(src: Path, dst: Path, edit: str) -> Path:
+    shutil.copytree(src, dst)
+    if edit == "no-config":
+        (dst / "adapter_config.json").unlink()
+    elif edit == "bad-json":
+        (dst / "adapter_config.json").write_text("{not json")
+    elif edit == "bin-only":
+        (dst / "adapter_model.safetensors").rename(dst / "adapter_model.bin")
+    elif edit == "truncated":
+        data = (dst / "adapter_model.safetensors").read_bytes()
+        (dst / "adapter_model.safetensors").write_bytes(data[:6])
+    elif edit == "bad-type":
+        config = json.loads((dst / "adapter_config.json").read_text())
+        config["peft_type"] = "IA3"
+        (dst / "adapter_config.json").write_text(json.dumps(config))
+    elif edit == "subdir":
+        (dst / "nested").mkdir()
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("no-config", "no adapter_config.json"),
+        ("bad-json", "not valid JSON"),
+        ("bin-only", "safe_serialization=True"),
+        ("truncated", "not a readable safetensors file"),
+        ("bad-type", "'IA3' is not supported"),
+        ("subdir", "nested is not a plain file"),
+    ],
+)
+def test_invalid_adapter_dirs_are_refused_and_nothing_is_written(
+    registry: Registry,
+    tiny_base: BaseModelInfo,
+    lora_dir: Path,
+    tmp_path: Path,
+    home: Path,
+    edit: str,
+    message: str,
+) -> None:
+    broken = _broken_copy(lora_dir, tmp_path / "broken", edit)
+    with _error(ErrorCode.INVALID_ADAPTER, message):
+        registry.publish(broken, "legal", tiny_base)
+    assert registry.list_adapters() == []
+    assert _blob_count(home) == 0
+
+
+def test_adapter_for_another_base_is_refused(
+    registry: Registry, tiny_base: BaseModelInfo, foreign_lora_dir: Path, home: Path
+) -> None:
+    with _error(ErrorCode.INCOMPATIBLE_BASE, "does not fit base"):
+        registry.publish(foreign_lora_dir, "legal", tiny_base)
+    assert registry.list_adapters() == [] and _blob_count(home) == 0
+
+
+def test_manifest_claiming_another_base_is_refused(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(lora_dir, tmp_path / "claims")
+    draft = {"base": {"id": "elsewhere", "fingerprint": "sha256:" + "0" * 64}}
+    (copy / MANIFEST_FILE).write_text(json.dumps(draft))
+    with _error(ErrorCode.INCOMPATIBLE_BASE, "was made for base elsewhere"):
+        registry.publish(copy, "legal", tiny_base)
+
+
+def test_checksum_mismatch_against_the_manifest_is_refused(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, tmp_path: Path, home: Path
+) -> None:
+    registry.publish(lora_dir, "legal", tiny_base)
+    exported = tmp_path / "exported"
+    registry.export("legal:1", exported)
+    config = json.loads((exported / "adapter_config.json").read_text())
+    (exported / "adapter_config.json").write_text(json.dumps({**config, "inference_mode": False}))
+    blobs_before = _blob_count(home)
+    with _error(ErrorCode.INTEGRITY, "checksum of adapter_config.json does not match"):
+        registry.publish(exported, "copy", tiny_base)
+    assert [a.name for a in registry.list_adapters()] == ["legal"]
+    assert _blob_count(home) == blobs_before
+
+
+def test_invalid_manifest_names_the_problem(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(lora_dir, tmp_path / "bad-manifest")
+    (copy / MANIFEST_FILE).write_text(json.dumps({"metrics": {"loss": "low"}}))
+    with _error(ErrorCode.INVALID_MANIFEST, "metrics.loss"):
+        registry.publish(copy, "legal", tiny_base)
+
+
+def test_export_round_trips_and_republishes(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, tmp_path: Path
+) -> None:
+    draft = ManifestDraft(
+        metrics={"eval_loss": 1.5}, routing_examples=["what is a tort?"], description="law"
+    )
+    original = registry.publish(lora_dir, "legal", tiny_base, draft=draft)
+    out = tmp_path / "out"
+    registry.export("legal", out)
+    for rel in original.files:
+        assert sha256_file(out / rel) == sha256_file(lora_dir / rel)
+    assert json.loads((out / MANIFEST_FILE).read_text())["served_name"] == original.served_name
+    copy = registry.publish(out, "legal-copy", tiny_base, parent="legal:1")
+    assert copy.content_digest == original.content_digest
+    assert copy.routing_examples == ["what is a tort?"] and copy.metrics == {"eval_loss": 1.5}
+    assert copy.parent == "legal:1"
+    assert registry.resolve("legal-copy").parent == "legal:1"
+    with _error(ErrorCode.ALREADY_EXISTS, "not empty"):
+        registry.export("legal", out)
+
+
+def test_prefix_adapter(registry: Registry, tiny_base: BaseModelInfo, prefix_dir: Path) -> None:
+    manifest = registry.publish(prefix_dir, "styled", tiny_base)
+    assert manifest.method == "prefix"
+    assert manifest.num_virtual_tokens == 3 and manifest.rank is None
+
+
+def test_lineage_parent_and_mixture_components(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    registry.publish(lora_dir, "math", tiny_base)
+    registry.publish(lora_dir_2, "code", tiny_base)
+    retrained = registry.publish(lora_dir_2, "math", tiny_base, parent="math")
+    assert retrained.parent == "math:1"
+    draft = ManifestDraft(
+        components=[{"ref": "math:2", "weight": 0.7}, {"ref": "code", "weight": 0.3}]  # type: ignore[list-item]
+    )
+    mix = registry.publish(lora_dir, "mix-abc", tiny_base, draft=draft)
+    assert [(c.ref, c.weight) for c in mix.components] == [("math:2", 0.7), ("code:1", 0.3)]
+    with _error(ErrorCode.NOT_FOUND, "no adapter named 'ghost'"):
+        registry.publish(lora_dir, "math", tiny_base, parent="ghost")
+    assert registry.resolve("math").version == 2  # the refused publish left nothing
+
+
+def test_delete_is_soft_and_refused_while_aliased(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    registry.publish(lora_dir, "legal", tiny_base)
+    registry.publish(lora_dir_2, "legal", tiny_base)
+    registry.set_alias("legal", "canary", 2)
+    with _error(ErrorCode.CONFLICT, "canary"):
+        registry.delete("legal:2")
+    registry.remove_alias("legal", "canary")
+    deleted = registry.delete("legal:2")
+    assert deleted.deleted
+    assert registry.resolve("legal").version == 1
+    with _error(ErrorCode.NOT_FOUND, "legal:2 was deleted"):
+        registry.resolve("legal:2")
+    assert [v.version for v in registry.list_versions("legal")] == [1]
+    history = registry.list_versions("legal", include_deleted=True)
+    assert [(v.version, v.deleted) for v in history] == [(1, False), (2, True)]
+    assert registry.publish(lora_dir_2, "legal", tiny_base).version == 3  # never reused
+    assert [(a.name, a.versions, a.latest) for a in registry.list_adapters()] == [("legal", 2, 3)]
+
+
+def test_verify_and_checkout_refuse_corrupted_or_missing_files(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, prefix_dir: Path
+) -> None:
+    lora = registry.publish(lora_dir, "legal", tiny_base)
+    registry.publish(prefix_dir, "styled", tiny_base)
+    assert all(r.ok for r in registry.verify())
+    info, path = registry.checkout("legal")
+    assert info.served_name == lora.served_name and path.name == lora.served_name
+    assert (path / MANIFEST_FILE).is_file()
+
+    weights = registry.blobs.path(lora.files["adapter_model.safetensors"].sha256)
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    results = {r.ref: r for r in registry.verify()}
+    assert (
+        not results["legal:1"].ok
+        and "adapter_model.safetensors: sha256" in results["legal:1"].problems[0]
+    )
+    assert results["styled:1"].ok
+    with _error(ErrorCode.INTEGRITY, "legal:1 cannot be used"):
+        # the earlier checkout is re-hashed against the manifest, then rebuilt from the blob
+        (path / "adapter_model.safetensors").write_bytes(b"tampered")
+        registry.checkout("legal")
+
+    weights.unlink()
+    assert "missing" in registry.verify("legal:1")[0].problems[0]
+    assert registry.checkout("styled")[1].is_dir()  # other versions keep serving
+
+
+def test_list_versions_of_unknown_adapter(registry: Registry) -> None:
+    with _error(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
+        registry.list_versions("nope")
+
+
+def test_base_models_get_by_path_and_refuse_non_models(
+    tiny_base_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    bases = BaseModels(home / "bases")
+    info = bases.get(str(tiny_base_dir))
+    assert info.fingerprint.startswith("sha256:") and info.source == "path"
+    assert bases.get(str(tiny_base_dir)).fingerprint == info.fingerprint
+    with _error(ErrorCode.NOT_FOUND, "not a Hugging Face model directory"):
+        bases.get(str(tmp_path))
+    with _error(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
+        bases.get("smollm2-135m-instruct")

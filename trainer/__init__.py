@@ -1,0 +1,1 @@
+"""Switchboard trainer (built in a later issue)."""
