@@ -43,8 +43,8 @@ class BlobStore:
                 os.fsync(dst.fileno())
             sha = digest.hexdigest()
             final = self.path(sha)
-            if final.is_file() and final.stat().st_size == size:
-                return sha, size  # already stored: same content, same name
+            if self.check(sha, size) is None:
+                return sha, size  # already stored intact (a damaged copy is replaced below)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.chmod(0o444)
             tmp.replace(final)

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.bases import DEFAULT_BASE
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore")
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
         "Use postgresql+psycopg://… where several servers share one registry.",
     )
     base: str = Field(
-        default="smollm2-135m-instruct",
+        default=DEFAULT_BASE,
         description="default base model: a name in the base cache or a model directory",
     )
 

@@ -285,9 +285,10 @@ class Registry:
             try:
                 return self._insert_version(manifest_fields, parent, draft.components)
             except (IntegrityError, OperationalError) as exc:
-                # A concurrent publish took this version number (or created the adapter):
-                # take the next one. Anything else is re-raised after the last attempt.
-                if attempt == _PUBLISH_ATTEMPTS - 1:
+                # A concurrent publish took this version number or created the adapter
+                # (unique key), or held SQLite's lock past the busy timeout: try again.
+                retryable = isinstance(exc, IntegrityError) or "locked" in str(exc)
+                if not retryable or attempt == _PUBLISH_ATTEMPTS - 1:
                     raise
                 log.debug("publish of %s retried: %s", name, exc.__class__.__name__)
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
@@ -474,9 +475,9 @@ class Registry:
                 .where(VersionRow.id == row.id)
                 .values(deleted_at=datetime.now(UTC))
             )
+            deleted = session.execute(_info_query().where(VersionRow.id == row.id)).one()
         log.info("deleted %s", name)
-        info = self.list_versions(parsed.name, include_deleted=True)
-        return next(v for v in info if v.ref == name)
+        return _to_info(deleted, ())
 
     # ---- files: integrity, checkout, export ----------------------------------------------
 

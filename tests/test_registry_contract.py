@@ -293,10 +293,15 @@ def test_verify_and_checkout_refuse_corrupted_or_missing_files(
         and "adapter_model.safetensors: sha256" in results["legal:1"].problems[0]
     )
     assert results["styled:1"].ok
+    # The earlier checkout is re-hashed against the manifest, then rebuilt from the blob,
+    # which is corrupted too: the version is refused, not handed out.
+    (path / "adapter_model.safetensors").write_bytes(b"tampered")
     with _error(ErrorCode.INTEGRITY, "legal:1 cannot be used"):
-        # the earlier checkout is re-hashed against the manifest, then rebuilt from the blob
-        (path / "adapter_model.safetensors").write_bytes(b"tampered")
         registry.checkout("legal")
+
+    registry.publish(lora_dir, "legal", tiny_base)  # the same content again heals the blob
+    assert all(r.ok for r in registry.verify())
+    assert registry.checkout("legal:1")[1].is_dir()
 
     weights.unlink()
     assert "missing" in registry.verify("legal:1")[0].problems[0]
