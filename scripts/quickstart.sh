@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# From nothing: install, pull the default base model, publish an adapter, list the registry.
-# Everything lands under $SWITCHBOARD_HOME (default ~/.switchboard); a second run reuses it.
+# From nothing: install, pull the base model, train and publish a small `math` adapter on the
+# committed demo data, list the registry. State lives under $SWITCHBOARD_HOME (~/.switchboard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 sb=.venv/bin/switchboard
 $sb base pull
-# Until the trainer lands, the example adapter is a fresh (untrained) LoRA made with PEFT.
-example="$(mktemp -d)/example-lora"
-.venv/bin/python scripts/example_adapter.py "$example"
-$sb registry publish "$example" --name example
-$sb registry versions example
+# A small budget (about a minute here); drop --max-steps for the full epoch (about 5 minutes).
+$sb train math --data data/math/train.jsonl --eval-data data/math/eval.jsonl \
+    --max-steps 12 --publish
+$sb registry versions math
 $sb registry verify

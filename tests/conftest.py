@@ -102,6 +102,19 @@ def foreign_lora_dir(other_base_dir: Path, tmp_path_factory: pytest.TempPathFact
     return make_adapter(other_base_dir, tmp_path_factory.mktemp("foreign"), "lora")
 
 
+@pytest.fixture(scope="session")
+def pulled_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[BaseModels, BaseModelInfo, bool]:
+    """The real default base, pulled (downloaded + converted) once per test session."""
+    bases = BaseModels(tmp_path_factory.mktemp("real-home") / "bases")
+    info, built = bases.pull()
+    return bases, info, built
+
+
+@pytest.fixture(scope="session")
+def real_base(pulled_base: tuple[BaseModels, BaseModelInfo, bool]) -> BaseModelInfo:
+    return pulled_base[1]
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pulled(tmp_path_factory: pytest.TempPathFactory) -> tuple[BaseModels, BaseModelInfo, bool]:
-    bases = BaseModels(tmp_path_factory.mktemp("home") / "bases")
-    info, built = bases.pull()
-    return bases, info, built
+def pulled(
+    pulled_base: tuple[BaseModels, BaseModelInfo, bool],
+) -> tuple[BaseModels, BaseModelInfo, bool]:
+    return pulled_base
 
 
 @pytest.fixture(scope="module")
