@@ -64,6 +64,13 @@ class BlobStore:
             return f"sha256 {actual[:12]}…, expected {sha256[:12]}…"
         return None
 
+    def stored(self) -> list[tuple[str, Path]]:
+        """Every blob (sha256, path), and every leftover temporary file (name, path)."""
+        found = [(p.name, p) for p in (self.root / "sha256").glob("*/*") if p.is_file()]
+        if self._tmp.is_dir():
+            found += [(p.name, p) for p in self._tmp.iterdir() if p.is_file()]
+        return found
+
     def copy_out(self, sha256: str, size: int, dest: Path) -> None:
         """Copy a blob to `dest`, verifying its content on the way."""
         problem = self.check(sha256, size)

@@ -252,6 +252,25 @@ def verify(
         raise typer.Exit(1)
 
 
+@registry_app.command("gc")
+def gc(
+    ctx: typer.Context,
+    min_age: Annotated[
+        float, typer.Option(help="Only files older than this many seconds (in-flight publishes).")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option(help="List what would go; remove nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove stored files that no version references (left by interrupted publishes)."""
+    removed = open_registry(ctx).gc(min_age, dry_run=dry_run)
+    size = sum(p.stat().st_size for p in removed) if dry_run else None
+    emit(
+        {"removed": len(removed), "dry_run": dry_run, "bytes": size},
+        as_json,
+        f"{'would remove' if dry_run else 'removed'} {len(removed)} unreferenced files",
+    )
+
+
 @registry_app.command("export")
 def export(ctx: typer.Context, ref: str, directory: Path, as_json: JsonFlag = False) -> None:
     """Write a version's PEFT files and manifest to DIRECTORY (new or empty)."""

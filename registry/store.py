@@ -506,6 +506,26 @@ class Registry:
             results.append(VerifyResult(info.ref, tuple(problems)))
         return results
 
+    def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[Path]:
+        """Remove blobs no version references (left by publishes killed before their commit).
+
+        Only files older than `min_age_seconds` go: a publish in flight writes its blobs
+        before its rows, and must not lose them. Deleted versions keep their files.
+        """
+        with self._engine.connect() as conn:
+            referenced = set(conn.scalars(select(FileRow.sha256).distinct()))
+        cutoff = time.time() - min_age_seconds
+        doomed = [
+            path
+            for name, path in self.blobs.stored()
+            if name not in referenced and path.stat().st_mtime < cutoff
+        ]
+        if not dry_run:
+            for path in doomed:
+                path.unlink(missing_ok=True)
+            log.info("gc removed %d unreferenced files", len(doomed))
+        return doomed
+
     def checkout(self, ref: str | AdapterRef) -> tuple[VersionInfo, Path]:
         """A verified local directory of a version's files, for an engine to load.
 

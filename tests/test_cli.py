@@ -79,6 +79,7 @@ def test_registry_commands_end_to_end(
 
     report = cli.json("registry", "verify")
     assert report["ok"] is True and report["checked"] == 1
+    assert cli.json("registry", "gc", "--min-age", "0")["removed"] == 0  # all referenced
     human = cli.run("registry", "list").stdout
     assert "legal" in human
 

@@ -123,12 +123,19 @@ def test_publish_killed_half_way_leaves_nothing_visible(
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
-    # A fresh handle sees no version, no adapter, and a usable store.
+    # A fresh handle sees no version, no adapter, and a usable store; gc removes the orphans.
     fresh = Registry(database_url, home)
     try:
         assert fresh.list_adapters() == []
         assert fresh.verify() == []
-        assert fresh.publish(lora_dir, "legal", tiny_base).version == 1
+        orphans = fresh.gc(min_age_seconds=0, dry_run=True)
+        assert orphans  # the killed publish had stored at least one blob
+        assert fresh.gc(min_age_seconds=3600) == []  # too young: could be a publish in flight
+        assert fresh.gc(min_age_seconds=0) == orphans
+        assert all(not p.exists() for p in orphans)
+        manifest = fresh.publish(lora_dir, "legal", tiny_base)
+        assert manifest.version == 1
+        assert fresh.gc(min_age_seconds=0) == []  # referenced blobs stay
         assert [r.ok for r in fresh.verify()] == [True]
     finally:
         fresh.close()
