@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 sb=.venv/bin/switchboard
 $sb base pull
-# A small budget (about a minute here); drop --max-steps for the full epoch (about 5 minutes).
+# A small budget (about 1.5 minutes here); drop --max-steps for the full epoch (about 4).
 $sb train math --data data/math/train.jsonl --eval-data data/math/eval.jsonl \
     --max-steps 12 --publish
 $sb registry versions math
