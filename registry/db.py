@@ -32,14 +32,16 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    try:
-        with engine.execution_options(**{WRITE: True}).begin() as conn:
-            Base.metadata.create_all(conn)
-    except (OperationalError, ProgrammingError) as exc:
-        if "already exists" not in str(exc):  # another process created them just now
-            raise SwitchboardError(
-                ErrorCode.INVALID_INPUT, f"cannot open registry database {parsed!r}: {exc}"
-            ) from exc
+    for attempt in range(2):  # a second try sees tables another process created meanwhile
+        try:
+            with engine.execution_options(**{WRITE: True}).begin() as conn:
+                Base.metadata.create_all(conn)
+            break
+        except (OperationalError, ProgrammingError) as exc:
+            if attempt == 1:
+                raise SwitchboardError(
+                    ErrorCode.INVALID_INPUT, f"cannot open registry database {parsed!r}: {exc}"
+                ) from exc
     return engine
 
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ from registry.tensors import sha256_file
 log = logging.getLogger(__name__)
 
 _PUBLISH_ATTEMPTS = 30
+_SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _TOOLS = ("switchboard", "peft", "transformers", "torch")
 
 
@@ -287,8 +289,12 @@ class Registry:
             except (IntegrityError, OperationalError) as exc:
                 # A concurrent publish took this version number or created the adapter
                 # (unique key), or held SQLite's lock past the busy timeout: try again.
-                retryable = isinstance(exc, IntegrityError) or "locked" in str(exc)
-                if not retryable or attempt == _PUBLISH_ATTEMPTS - 1:
+                code = getattr(exc.orig, "sqlite_errorcode", None)  # may be an extended code
+                busy = code is not None and code & 0xFF in _SQLITE_BUSY
+                if (
+                    not (isinstance(exc, IntegrityError) or busy)
+                    or attempt == _PUBLISH_ATTEMPTS - 1
+                ):
                     raise
                 log.debug("publish of %s retried: %s", name, exc.__class__.__name__)
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))

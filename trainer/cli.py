@@ -94,12 +94,8 @@ def train(
     from trainer.loop import DEFAULT_TARGETS, TrainConfig, train_adapter
 
     validate_name(name)
-    if method not in ("lora", "prefix"):
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT, f"--method must be lora or prefix, not {method!r}"
-        )
     config = TrainConfig(
-        method=method,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]  # TrainConfig refuses anything else
         rank=rank,
         alpha=alpha,
         target_modules=tuple(target_modules.split(",")) if target_modules else DEFAULT_TARGETS,
