@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ import typer
 
 from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
+from router.cli import route_app
 from trainer.cli import data_app, train
 
 app = typer.Typer(
@@ -22,6 +24,7 @@ app = typer.Typer(
 app.add_typer(base_app, name="base")
 app.add_typer(registry_app, name="registry")
 app.add_typer(data_app, name="data")
+app.add_typer(route_app, name="route")
 app.command("train")(train)
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
@@ -62,6 +65,8 @@ def root(
 
 
 def main() -> None:
+    # Models come from local files and packages only: never wait on (or phone) a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         app()  # click's standalone mode: usage errors, --help and exit codes handled there
     except SwitchboardError as exc:  # ours propagate through it: one mapping, here

@@ -52,7 +52,7 @@ def emit(data: Any, as_json: bool, text: str | None = None) -> None:
         typer.echo(text)
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -94,7 +94,7 @@ def base_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         emit([b.to_json() for b in bases], True)
         return
-    _table(
+    print_table(
         "base models",
         ["name", "fingerprint", "source", "path"],
         [[b.id, b.fingerprint[:23] + "…", b.source, b.path] for b in bases],
@@ -159,7 +159,7 @@ def list_adapters(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         emit([a.to_json() for a in adapters], True)
         return
-    _table(
+    print_table(
         "adapters",
         ["name", "versions", "latest", "aliases"],
         [
@@ -194,7 +194,7 @@ def versions(
     if as_json:
         emit([v.to_json() for v in found], True)
         return
-    _table(f"versions of {name}", _VERSION_COLUMNS, _version_rows(found))
+    print_table(f"versions of {name}", _VERSION_COLUMNS, _version_rows(found))
 
 
 @alias_app.command("set")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,8 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     if conn.get_execution_options().get(WRITE):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back from the database, zone restored (SQLite drops it)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

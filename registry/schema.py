@@ -76,3 +76,33 @@ class ComponentRow(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     component_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id"))
     weight: Mapped[float] = mapped_column(Float)
+
+
+class RouteExampleRow(Base):
+    """A request an operator says must go to a route (an adapter name, or `base`: no adapter).
+
+    Kept apart from the immutable versions: examples are added and removed at any time,
+    and apply to whichever version the route's name resolves to.
+    """
+
+    __tablename__ = "route_examples"
+    __table_args__ = (UniqueConstraint("route", "text_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(63), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RouteThresholdRow(Base):
+    """A calibrated confidence threshold for one route, valid for one encoder."""
+
+    __tablename__ = "route_thresholds"
+
+    route: Mapped[str] = mapped_column(String(63), primary_key=True)
+    encoder: Mapped[str] = mapped_column(String(64), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    examples: Mapped[int] = mapped_column(Integer)
+    calibrated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

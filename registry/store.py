@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, aliased
 from registry.adapter_dir import inspect_adapter
 from registry.bases import BaseModelInfo
 from registry.blobs import BlobStore
-from registry.db import open_engine, writer
+from registry.db import as_utc, open_engine, writer
 from registry.errors import ErrorCode, SwitchboardError, not_found
 from registry.manifest import (
     MANIFEST_FILE,
@@ -40,6 +40,7 @@ from registry.manifest import (
     read_draft,
 )
 from registry.refs import PROD_ALIAS, AdapterRef, served_name, validate_name
+from registry.routing import RouteStore
 from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
 from registry.tensors import sha256_file
 
@@ -130,10 +131,6 @@ def tool_versions() -> dict[str, str]:
     return found
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
 _Parent = aliased(VersionRow)
 _ParentAdapter = aliased(AdapterRow)
 # The columns every listing reads: version row fields, its adapter's name, its parent's ref.
@@ -205,7 +202,7 @@ def _to_info(row: Row[Any], aliases: tuple[str, ...]) -> VersionInfo:
         base_fingerprint=row.base_fingerprint,
         served_name=row.served_name,
         content_digest=row.content_digest,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         parent=parent,
         aliases=aliases,
         deleted=row.deleted_at is not None,
@@ -220,6 +217,7 @@ class Registry:
         self.blobs = BlobStore(home / "blobs")
         self._engine: Engine = open_engine(database_url)
         self._writer: Engine = writer(self._engine)
+        self.routes = RouteStore(self._engine, self._writer)
 
     def close(self) -> None:
         self._engine.dispose()

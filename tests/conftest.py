@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder loads from its package, never a hub
+
 from registry import BaseModelInfo, BaseModels, Registry, Settings
 
 POSTGRES_URL = os.environ.get(

@@ -1,0 +1,272 @@
+"""The router: embeds a request, scores it against the routes, decides.
+
+Routes come from a source: the registry (live: each decision first asks the registry for
+a change token, one cheap query, and rebuilds the index only when it moved) or a routes file.
+A rebuild embeds only texts it has not seen (see `cache.py`) and refits the scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from registry.errors import ErrorCode, SwitchboardError
+from registry.refs import AdapterRef
+from registry.routing import BASE_ROUTE
+from registry.settings import Settings
+from registry.store import Registry, VersionInfo
+from router.cache import EmbeddingCache
+from router.decision import Choice, Decision, Policy, RouteTarget
+from router.encoder import Encoder
+from router.files import read_routes
+from router.scorers import DEFAULT_THRESHOLD, Method, Scorer, make_scorer
+
+log = logging.getLogger(__name__)
+
+Request = str | Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A route's material: examples from its version's manifest (kept on disk per version)
+    and examples an operator added."""
+
+    name: str
+    target: RouteTarget
+    manifest_examples: tuple[str, ...] = ()
+    extra_examples: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.manifest_examples) + len(self.extra_examples)
+
+
+class RouteSource(Protocol):
+    def state(self) -> Hashable: ...
+
+    def load(self, encoder: Encoder) -> list[Route]: ...
+
+    def resolve(self, ref: str) -> VersionInfo: ...
+
+
+class RegistryRoutes:
+    """Every adapter name with a live version (its `prod` alias, else its latest) is a route,
+    unless `accept` turns the version down (e.g. another base, a method the engine lacks).
+    Mixtures are derived versions, not domains: they are never routes."""
+
+    def __init__(
+        self, registry: Registry, accept: Callable[[VersionInfo], bool] | None = None
+    ) -> None:
+        self.registry = registry
+        self.accept = accept
+        self._manifests: dict[str, tuple[tuple[str, ...], bool]] = {}  # served name -> ...
+        self._warned: set[str] = set()
+
+    def state(self) -> Hashable:
+        return self.registry.routes.state()
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self.registry.resolve(ref)
+
+    def load(self, encoder: Encoder) -> list[Route]:
+        extra: dict[str, list[str]] = {}
+        for example in self.registry.routes.examples():
+            extra.setdefault(example.route, []).append(example.text)
+        thresholds = self.registry.routes.thresholds(encoder.identity)
+        routes = []
+        for summary in self.registry.list_adapters():
+            try:
+                version = self.registry.resolve(summary.name)
+            except SwitchboardError as exc:  # deleted since the listing
+                log.info("route %s skipped: %s", summary.name, exc.message)
+                continue
+            examples, is_mixture = self._manifest(version)
+            if is_mixture or (self.accept is not None and not self.accept(version)):
+                continue
+            route = Route(
+                summary.name,
+                RouteTarget(version, thresholds.get(summary.name)),
+                examples,
+                tuple(extra.pop(summary.name, ())),
+            )
+            if route.size:
+                routes.append(route)
+            else:
+                self._warn(version.ref, f"{version.ref} has no routing examples: not routed to")
+        negatives = tuple(extra.pop(BASE_ROUTE, ()))
+        if negatives:
+            routes.append(Route(BASE_ROUTE, RouteTarget(None), (), negatives))
+        for name in extra:
+            self._warn(name, f"examples for {name!r} wait: no servable adapter has that name")
+        return routes
+
+    def _manifest(self, version: VersionInfo) -> tuple[tuple[str, ...], bool]:
+        if version.served_name not in self._manifests:
+            manifest = self.registry.manifest(version.ref)
+            self._manifests[version.served_name] = (
+                tuple(manifest.routing_examples),
+                bool(manifest.components),
+            )
+        return self._manifests[version.served_name]
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+
+class FileRoutes:
+    """Routes from a routes file (DESIGN.md), for evaluation without a registry."""
+
+    def __init__(self, path: Path, thresholds: dict[str, float] | None = None) -> None:
+        self.path = path
+        self.thresholds = thresholds or {}
+        self.examples = read_routes(path)
+        if not [name for name in self.examples if name != BASE_ROUTE]:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"{path} names no route other than base"
+            )
+
+    def state(self) -> Hashable:
+        return (self.path, tuple(sorted(self.thresholds.items())))
+
+    def resolve(self, ref: str) -> VersionInfo:
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT, f"routes from {self.path} name no versions; use `auto`"
+        )
+
+    def load(self, encoder: Encoder) -> list[Route]:
+        return [
+            Route(name, RouteTarget(None, self.thresholds.get(name)), (), tuple(texts))
+            for name, texts in self.examples.items()
+        ]
+
+
+class _Index:
+    """Routes, their fitted scorer; immutable once built (swapped whole on a change)."""
+
+    def __init__(self, routes: list[Route], cache: EmbeddingCache, method: Method) -> None:
+        self.routes = {r.name: r for r in routes}
+        self.targets = {r.name: r.target for r in routes}
+        vectors, labels = [], []
+        for route in routes:
+            key = route.target.version.served_name if route.target.version else None
+            vectors.append(cache.vectors(list(route.manifest_examples), version_key=key))
+            vectors.append(cache.vectors(list(route.extra_examples)))
+            labels += [route.name] * route.size
+        self.scorer: Scorer | None = None
+        if labels:
+            self.scorer = make_scorer(method)
+            self.scorer.fit(np.concatenate(vectors), labels)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.scorer.classes if self.scorer else []
+
+
+class Router:
+    def __init__(
+        self,
+        source: RouteSource,
+        encoder: Encoder,
+        policy: Policy | None = None,
+        *,
+        method: Method = "linear",
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.source = source
+        self.encoder = encoder
+        self.policy = policy or Policy()
+        self.method = method
+        self.cache = EmbeddingCache(encoder, cache_dir)
+        self.rebuilds = 0
+        self._lock = threading.Lock()
+        self._state: Hashable = object()  # equal to no real state: the first call builds
+        self._index: _Index | None = None
+
+    def index(self) -> _Index:
+        """The current index, rebuilt first if the source changed."""
+        state = self.source.state()
+        with self._lock:
+            if self._index is None or state != self._state:
+                self._index = _Index(self.source.load(self.encoder), self.cache, self.method)
+                self._state = state
+                self.rebuilds += 1
+                log.info("router index: %d classes", len(self._index.classes))
+            return self._index
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return self.index().routes
+
+    def decide(self, request: Request, model: str = "auto") -> Decision:
+        """`auto` routes; `base` is the base; anything else is an adapter ref, not routed."""
+        if model == BASE_ROUTE:
+            return Decision("base", reason="asked for the base", model=model)
+        if model != "auto":
+            version = self.source.resolve(str(AdapterRef.parse(model)))
+            choice = Choice(version, version.name)
+            return Decision("adapter", (choice,), reason="explicit ref", model=model)
+        return self.decide_texts([request_text(request)])[0]
+
+    def decide_texts(self, texts: list[str]) -> list[Decision]:
+        """Route a batch of requests (one encoder call for all)."""
+        prepared = [self.encoder.prepare(t) for t in texts]
+        index = self.index()
+        if index.scorer is None:
+            return [
+                Decision("base", reason="no routes", truncated=p.truncated, tokens=p.tokens)
+                for p in prepared
+            ]
+        scores = index.scorer.scores(self.encoder.encode([p.text for p in prepared]))
+        decisions = []
+        for p, row in zip(prepared, scores, strict=True):
+            kind, choices, reason = self.policy.decide(index.classes, row, index.targets)
+            ranked = dict(
+                sorted(zip(index.classes, row.tolist(), strict=True), key=lambda kv: -kv[1])
+            )
+            decisions.append(
+                Decision(kind, choices, ranked, reason, truncated=p.truncated, tokens=p.tokens)
+            )
+        return decisions
+
+
+def request_text(request: Request) -> str:
+    """The text routed on: a prompt as is, or a chat's last user message."""
+    if isinstance(request, str):
+        return request
+    for message in reversed(request):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI content parts: route on the text parts
+            content = " ".join(
+                str(part.get("text", "")) for part in content if isinstance(part, dict)
+            )
+        if isinstance(content, str):
+            return content
+    raise SwitchboardError(ErrorCode.INVALID_INPUT, "the chat has no user message to route on")
+
+
+def build_router(settings: Settings, source: RouteSource, method: Method | None = None) -> Router:
+    """A router as the settings describe it (encoder, policy, method, cache under home)."""
+    method = method or settings.router_method
+    threshold = settings.router_threshold
+    policy = Policy(
+        DEFAULT_THRESHOLD[method] if threshold is None else threshold,
+        settings.router_top_k,
+        settings.router_temperature,
+    )
+    return Router(
+        source,
+        Encoder(settings.encoder),
+        policy,
+        method=method,
+        cache_dir=settings.home_dir / "embeddings",
+    )

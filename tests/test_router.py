@@ -1,0 +1,335 @@
+"""The router on the real encoder (all-MiniLM-L6-v2) and real requests from the demo data.
+
+Routes are real registry versions (tiny-base LoRA and prefix adapters) whose manifests carry
+routing examples sampled from the demo domains' training files; queries are the held-out
+requests of the same domains. The registry is SQLite or PostgreSQL, as everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry import BaseModelInfo, ManifestDraft, Registry, SwitchboardError
+from registry.errors import ErrorCode
+from registry.store import VersionInfo
+from router.decision import Policy, RouteTarget
+from router.encoder import Encoder
+from router.evaluate import calibrate, evaluate
+from router.router import FileRoutes, RegistryRoutes, Router
+from router.scorers import LinearScorer
+from trainer.data import load_jsonl
+from trainer.loop import routing_sample
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+GENERAL_REQUESTS = [  # requests that belong to no demo domain: the `base` route's examples
+    "What's the weather going to be like in Lisbon this weekend?",
+    "Can you recommend a good novel to read on holiday?",
+    "Who won the football world cup in 1998?",
+    "Translate 'good morning' into French.",
+    "Write a short poem about autumn leaves.",
+    "What is the capital city of Australia?",
+    "Give me tips for a job interview tomorrow.",
+    "How do I get red wine out of a carpet?",
+    "Summarise the plot of Romeo and Juliet.",
+    "Which films did Alfred Hitchcock direct?",
+]
+
+
+def requests(domain: str, split: str, count: int) -> list[str]:
+    examples = load_jsonl(DATA / domain / f"{split}.jsonl").examples
+    return routing_sample(examples, count, seed=0)
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return Encoder()
+
+
+def publish(
+    registry: Registry, source: Path, name: str, base: BaseModelInfo, examples: list[str]
+) -> VersionInfo:
+    manifest = registry.publish(source, name, base, draft=ManifestDraft(routing_examples=examples))
+    return registry.resolve(manifest.ref)
+
+
+@pytest.fixture
+def two_routes(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> Registry:
+    publish(registry, lora_dir, "math", tiny_base, requests("math", "train", 30))
+    publish(registry, lora_dir_2, "sql", tiny_base, requests("sql", "train", 30))
+    registry.routes.add_examples("base", GENERAL_REQUESTS, "tests")
+    return registry
+
+
+def test_held_out_requests_reach_their_adapter(
+    two_routes: Registry, encoder: Encoder, home: Path
+) -> None:
+    router = Router(RegistryRoutes(two_routes), encoder, cache_dir=home / "embeddings")
+    for domain in ("math", "sql"):
+        decisions = router.decide_texts(requests(domain, "eval", 20))
+        refs = [d.choices[0].ref if d.choices else "base" for d in decisions]
+        assert refs.count(f"{domain}:1") >= 18, refs
+    general = router.decide("Which actor played the lead in the film Casablanca?")
+    assert general.kind == "base" and general.scores["base"] > general.scores["math"]
+    chat = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": requests("sql", "eval", 1)[0]},
+    ]
+    decision = router.decide(chat)
+    assert decision.kind == "adapter" and decision.choices[0].ref == "sql:1"
+    assert decision.choices[0].version is not None
+    assert (
+        decision.to_json()["adapters"][0]["served_name"] == decision.choices[0].version.served_name
+    )
+
+
+def test_router_follows_the_registry_live_without_re_embedding(
+    two_routes: Registry,
+    encoder: Encoder,
+    home: Path,
+    tiny_base: BaseModelInfo,
+    lora_dir: Path,
+    prefix_dir: Path,
+) -> None:
+    router = Router(RegistryRoutes(two_routes), encoder, cache_dir=home / "embeddings")
+    query = requests("math", "eval", 1)[0]
+    assert router.decide(query).choices[0].ref == "math:1"
+    built = encoder.encoded
+
+    # A new version with the same examples: served at once, nothing re-embedded but the query.
+    publish(two_routes, lora_dir, "math", tiny_base, requests("math", "train", 30))
+    assert router.decide(query).choices[0].ref == "math:2"
+    assert encoder.encoded == built + 1
+
+    # Moving the prod alias back takes effect on the next request.
+    two_routes.set_alias("math", "prod", 1)
+    assert router.decide(query).choices[0].ref == "math:1"
+    assert encoder.encoded == built + 2
+
+    # A new route: only its own examples are embedded.
+    science = requests("science", "train", 25)
+    publish(two_routes, prefix_dir, "science", tiny_base, science)
+    decision = router.decide(requests("science", "eval", 1)[0])
+    assert decision.choices[0].ref == "science:1"
+    assert encoder.encoded == built + 3 + len(science)
+
+    # No change: no rebuild, one encoding per request.
+    rebuilds = router.rebuilds
+    router.decide(query)
+    assert router.rebuilds == rebuilds
+
+
+def test_negative_examples_send_requests_to_the_base(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path, encoder: Encoder
+) -> None:
+    publish(registry, lora_dir, "math", tiny_base, requests("math", "train", 30))
+    publish(registry, lora_dir_2, "sql", tiny_base, requests("sql", "train", 30))
+    router = Router(RegistryRoutes(registry), encoder, Policy(threshold=0.0))
+    weather = "Will it rain in Oslo tomorrow afternoon?"
+    assert router.decide(weather).kind == "adapter"  # no negatives yet: some adapter wins
+    added = registry.routes.add_examples(
+        "base",
+        [
+            "What's the weather forecast for Berlin?",
+            "Is it going to snow in Denver this week?",
+            *GENERAL_REQUESTS,
+        ],
+        "operator",
+    )
+    assert added == len(GENERAL_REQUESTS) + 2
+    decision = router.decide(weather)
+    assert decision.kind == "base"
+    assert "base" in decision.reason
+    # Removing them again restores the old behaviour: the change is live both ways.
+    registry.routes.remove_examples("base")
+    assert router.decide(weather).kind == "adapter"
+
+
+def test_explicit_refs_bypass_routing(two_routes: Registry, encoder: Encoder) -> None:
+    router = Router(RegistryRoutes(two_routes), encoder)
+    router.index()
+    before = encoder.encoded
+    math_request = requests("math", "eval", 1)[0]
+    decision = router.decide(math_request, model="sql:1")
+    assert decision.kind == "adapter" and decision.choices[0].ref == "sql:1"
+    assert decision.reason == "explicit ref" and not decision.scores
+    assert router.decide(math_request, model="base").kind == "base"
+    assert encoder.encoded == before  # nothing was embedded
+    with pytest.raises(SwitchboardError) as missing:
+        router.decide(math_request, model="legal")
+    assert missing.value.code == ErrorCode.NOT_FOUND
+    with pytest.raises(SwitchboardError) as bad:
+        router.decide(math_request, model="Math!")
+    assert bad.value.code == ErrorCode.INVALID_NAME
+
+
+def _version(name: str, method: str = "lora", base: str = "b1") -> VersionInfo:
+    from datetime import UTC, datetime
+
+    return VersionInfo(name, 1, method, 4, base, f"{name}-v1-x", "0" * 64, datetime.now(UTC), None)
+
+
+def test_mixing_policy_weights_and_guards() -> None:
+    classes = ["base", "code", "math", "sql", "chat"]
+    scores = np.array([0.05, 0.10, 0.45, 0.30, 0.10])
+    targets = {
+        "code": RouteTarget(_version("code", base="b2")),  # another base: never mixed in
+        "math": RouteTarget(_version("math")),
+        "sql": RouteTarget(_version("sql")),
+        "chat": RouteTarget(_version("chat", method="prefix")),
+    }
+    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, scores, targets)
+    assert kind == "mix" and [c.route for c in choices] == ["math", "sql"]
+    weights = [c.weight for c in choices]
+    assert sum(weights) == pytest.approx(1.0) and weights == pytest.approx([0.6, 0.4])
+    _, hot, _ = Policy(threshold=0.05, top_k=3, temperature=0.5).decide(classes, scores, targets)
+    _, flat, _ = Policy(threshold=0.05, top_k=3, temperature=4.0).decide(classes, scores, targets)
+    assert hot[0].weight > choices[0].weight > flat[0].weight > 0.5
+    # A prefix adapter on top is served alone: a mix is one LoRA.
+    prefix_top = np.array([0.05, 0.10, 0.30, 0.10, 0.45])
+    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, prefix_top, targets)
+    assert kind == "adapter" and choices[0].route == "chat"
+    # A calibrated threshold keeps a weak second route out of the mix.
+    targets["sql"] = RouteTarget(_version("sql"), threshold=0.35)
+    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, scores, targets)
+    assert kind == "adapter" and choices[0].route == "math"
+    # Below its threshold the top route gives way to the base.
+    kind, _, reason = Policy(threshold=0.5).decide(classes, scores, targets)
+    assert kind == "base" and "threshold" in reason
+
+
+def test_bad_input_is_refused_clearly(two_routes: Registry, encoder: Encoder) -> None:
+    router = Router(RegistryRoutes(two_routes), encoder)
+    for text in ("", "   \n\t "):
+        with pytest.raises(SwitchboardError) as empty:
+            router.decide(text)
+        assert empty.value.code == ErrorCode.INVALID_INPUT
+    with pytest.raises(SwitchboardError, match="no user message"):
+        router.decide([{"role": "system", "content": "be brief"}])
+    long = router.decide(requests("math", "eval", 1)[0] + " and then" * 2000)
+    assert long.truncated and long.tokens == encoder.max_tokens
+    assert long.choices[0].ref == "math:1"  # decided on what fits the window
+    assert not router.decide(requests("math", "eval", 1)[0]).truncated
+
+
+def test_bad_route_files_are_refused_whole(tmp_path: Path, encoder: Encoder) -> None:
+    routes = tmp_path / "routes.jsonl"
+    routes.write_text(
+        json.dumps({"name": "math", "text": "what is 2 + 2?"})
+        + "\n{not json\n"
+        + json.dumps({"name": "sql", "text": "  "})
+        + "\n"
+        + json.dumps({"name": "Bad Name", "text": "x"})
+        + "\n"
+    )
+    with pytest.raises(SwitchboardError) as bad:
+        FileRoutes(routes)
+    message = bad.value.message
+    assert bad.value.code == ErrorCode.INVALID_INPUT
+    assert "3 bad line(s)" in message and "line 2: not JSON" in message
+    assert (
+        "line 3: missing or empty 'text'" in message and "line 4: invalid adapter name" in message
+    )
+
+    only_base = tmp_path / "base.jsonl"
+    only_base.write_text(json.dumps({"name": "base", "text": "hello"}) + "\n")
+    with pytest.raises(SwitchboardError, match="no route other than base"):
+        FileRoutes(only_base)
+
+    routes.write_text(
+        "\n".join(
+            json.dumps({"name": n, "text": t})
+            for n in ("math", "sql")
+            for t in requests(n, "train", 5)
+        )
+    )
+    router = Router(FileRoutes(routes), encoder)
+    with pytest.raises(
+        SwitchboardError, match=r"expects route\(s\) science, which have no examples"
+    ):
+        evaluate(router, [("a question about plants", "science")])
+
+
+def test_evaluation_and_calibration_on_real_requests(
+    two_routes: Registry, encoder: Encoder
+) -> None:
+    router = Router(RegistryRoutes(two_routes), encoder)
+    held_out = [(t, "math") for t in requests("math", "eval", 15)]
+    held_out += [(t, "sql") for t in requests("sql", "eval", 15)]
+    held_out += [
+        (t, "base")
+        for t in (
+            "Who painted the Mona Lisa?",
+            "Suggest a name for my new puppy.",
+            "What time zone is Tokyo in?",
+            "How long should I boil an egg?",
+        )
+    ]
+    report = evaluate(router, held_out)
+    assert report.n == len(held_out)
+    right = sum(row.get(expected, 0) for expected, row in report.confusion.items())
+    assert report.accuracy == pytest.approx(right / report.n, abs=1e-4)
+    assert report.in_domain_accuracy is not None and report.in_domain_accuracy >= 0.9
+    assert set(report.to_json()) == {
+        "accuracy",
+        "in_domain_accuracy",
+        "fallback_recall",
+        "false_fallback_rate",
+        "n",
+        "confusion",
+    }
+
+    thresholds = calibrate(router, held_out)
+    assert set(thresholds) <= {"math", "sql"} and thresholds
+    for threshold, rows in thresholds.values():
+        assert 0.0 <= threshold <= 1.0 and rows > 0
+    two_routes.routes.set_thresholds(encoder.identity, thresholds)
+    assert router.routes["math"].target.threshold == thresholds.get("math", (None,))[0]
+    # Calibration maximises held-out accuracy: never worse than before on the same rows.
+    assert evaluate(router, held_out).accuracy >= report.accuracy
+
+
+def test_embedding_cache_is_per_encoder_and_survives_restarts(
+    two_routes: Registry, encoder: Encoder, home: Path, tmp_path: Path
+) -> None:
+    cache = home / "embeddings"
+    Router(RegistryRoutes(two_routes), encoder, cache_dir=cache).index()
+    files = sorted(p.name for p in (cache / encoder.identity[:32]).iterdir())
+    assert len(files) == 2 and all(f.endswith(".npz") for f in files)  # one per version
+
+    restarted = Router(RegistryRoutes(two_routes), encoder, cache_dir=cache)
+    restarted.cache._vectors.clear()  # a new process: nothing in memory
+    before = encoder.encoded
+    restarted.index()
+    # Manifest examples come from disk; only the operator's base examples are re-embedded.
+    assert encoder.encoded - before == len(GENERAL_REQUESTS)
+
+    # The same model with one file changed is another encoder: other vectors, other folder.
+    import shutil
+
+    copy = tmp_path / "encoder"
+    shutil.copytree(encoder.path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-6
+    (copy / "config.json").write_text(json.dumps(config))
+    assert Encoder(copy).identity != encoder.identity
+
+
+def test_linear_scoring_scales_to_ten_thousand_routes() -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((10_000, 384)).astype(np.float32)
+    weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+    scorer = LinearScorer.from_weights(
+        [f"r{i}" for i in range(10_000)], weights * 20, np.zeros(10_000)
+    )
+    planted = [17, 4_242, 9_999]
+    scores = scorer.scores(weights[planted])
+    assert scores.shape == (3, 10_000)
+    assert list(scores.argmax(axis=1)) == planted
+    assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
