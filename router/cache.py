@@ -30,6 +30,8 @@ class EmbeddingCache:
     def vectors(self, texts: list[str], version_key: str | None = None) -> np.ndarray:
         """Rows for `texts`, in order. `version_key` (a served name) marks an immutable set
         that may be kept on disk."""
+        if not texts:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
         keys = [text_sha256(t) for t in texts]
         missing = [i for i, k in enumerate(keys) if k not in self._vectors]
         if missing and version_key and self.directory:
@@ -41,8 +43,6 @@ class EmbeddingCache:
                 self._vectors[keys[i]] = vector
         if version_key and self.directory and (missing or not self._file(version_key).exists()):
             self._save(version_key, keys)
-        if not keys:
-            return np.zeros((0, self.encoder.dim), dtype=np.float32)
         return np.stack([self._vectors[k] for k in keys])
 
     def _file(self, version_key: str) -> Path:

@@ -129,3 +129,82 @@ def test_registry_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_route_commands_as_scripts_use_them(
+    cli: Cli, lora_dir: Path, lora_dir_2: Path, tmp_path: Path
+) -> None:
+    from trainer.data import load_jsonl
+    from trainer.loop import routing_sample
+
+    data = Path(__file__).resolve().parents[1] / "data"
+
+    def sample(domain: str, split: str, n: int) -> list[str]:
+        return routing_sample(load_jsonl(data / domain / f"{split}.jsonl").examples, n, seed=1)
+
+    def jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    for name, source in (("math", lora_dir), ("sql", lora_dir_2)):
+        cli.run("registry", "publish", str(source), "--name", name, "--base", str(cli.base))
+        examples = jsonl(
+            tmp_path / f"{name}.jsonl", [{"text": t} for t in sample(name, "train", 20)]
+        )
+        added = cli.json("route", "add-examples", name, str(examples))
+        assert added == {"route": name, "added": 20, "duplicates": 0, "waiting": False}
+    again = cli.json("route", "add-examples", "math", str(tmp_path / "math.jsonl"))
+    assert again["added"] == 0 and again["duplicates"] == 20
+
+    # Malformed lines: a clear error, exit 1, and nothing added.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"txt": "typo"}\n')
+    error = cli.json("route", "add-examples", "math", str(broken), code=1)["error"]
+    assert error["code"] == "invalid_input" and "line 2" in error["message"]
+    assert len(cli.json("route", "examples", "math")) == 20
+
+    decision = cli.json("route", sample("sql", "eval", 1)[0])
+    assert decision["decision"] == "adapter" and decision["adapters"][0]["ref"] == "sql:1"
+    assert set(decision["scores"]) == {"math", "sql"}
+    assert cli.json("route", "anything", "--model", "math:1")["reason"] == "explicit ref"
+
+    test = jsonl(
+        tmp_path / "test.jsonl",
+        [{"text": t, "expected": d} for d in ("math", "sql") for t in sample(d, "eval", 5)],
+    )
+    plot = tmp_path / "confusion.png"
+    report = cli.json("route", "eval", "--data", str(test), "--plot", str(plot))
+    assert set(report) == {
+        "accuracy",
+        "in_domain_accuracy",
+        "fallback_recall",
+        "false_fallback_rate",
+        "n",
+        "confusion",
+    }
+    assert report["n"] == 10 and report["fallback_recall"] is None
+    assert sum(sum(row.values()) for row in report["confusion"].values()) == 10
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    routes = jsonl(
+        tmp_path / "routes.jsonl",
+        [{"name": "sql", "text": t} for t in sample("sql", "train", 10)]
+        + [{"name": "base", "text": "What is the weather in Rome?"}],
+    )
+    # The test file expects `math`, which the routes file gives no examples: refused.
+    error = cli.json("route", "eval", "--data", str(test), "--routes", str(routes), code=1)
+    assert "math, which have no examples" in error["error"]["message"]
+    sql_only = jsonl(tmp_path / "sql-test.jsonl", [{"text": "List all users.", "expected": "sql"}])
+    from_file = cli.json("route", "eval", "--data", str(sql_only), "--routes", str(routes))
+    assert from_file["n"] == 1 and set(from_file["confusion"]) == {"sql"}
+
+    calibrated = cli.json("route", "calibrate", "--data", str(test))
+    assert calibrated["stored"] and set(calibrated["thresholds"]) <= {"math", "sql"}
+    listed = {r["route"]: r for r in cli.json("route", "list")}
+    assert listed["math"]["added_examples"] == 20 and listed["math"]["ref"] == "math:1"
+    for route, fitted in calibrated["thresholds"].items():
+        assert listed[route]["threshold"] == fitted["threshold"]
+
+    assert cli.json("route", "remove-examples", "math", "--all")["removed"] == 20
+    error = cli.json("route", "", code=1)["error"]
+    assert error["code"] == "invalid_input" and "empty" in error["message"]
