@@ -74,7 +74,10 @@ def decide(
     """Show the routing decision for TEXT."""
     decision = _registry_router(ctx).decide(text, model=model)
     data = decision.to_json()
-    served = ", ".join(f"{c['ref']} (weight {c['weight']:.2f})" for c in data["adapters"]) or "base"
+    if decision.kind == "mix":
+        served = ", ".join(f"{c.ref} (weight {c.weight:.2f})" for c in decision.choices)
+    else:
+        served = decision.choices[0].ref if decision.choices else "no adapter"
     scores = "  ".join(f"{k} {v:.3f}" for k, v in list(data["scores"].items())[:6])
     note = "\n(text truncated to the encoder's window)" if decision.truncated else ""
     emit(data, as_json, f"{decision.kind}: {served}\nreason: {decision.reason}\n{scores}{note}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # From nothing: install, pull the base model, train and publish a small `math` adapter on the
-# committed demo data, list the registry. State lives under $SWITCHBOARD_HOME (~/.switchboard).
+# committed demo data, list the registry, route two requests.
+# State lives under $SWITCHBOARD_HOME (~/.switchboard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,3 +12,5 @@ $sb train math --data data/math/train.jsonl --eval-data data/math/eval.jsonl \
     --max-steps 12 --publish
 $sb registry versions math
 $sb registry verify
+$sb route "a train travels 300 km in 4 hours . what is its average speed ?"
+$sb route "Which films did Alfred Hitchcock direct?"
