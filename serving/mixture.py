@@ -1,0 +1,154 @@
+"""Weighted mixes of LoRA adapters, built exactly as one LoRA (DESIGN.md, Mixture).
+
+sum_i w_i dW_i with dW_i = s_i B_i A_i (s_i = alpha_i / r_i, or alpha_i / sqrt(r_i) with
+rsLoRA) is one LoRA of rank R = sum_i r_i: A = [A_1; ...; A_k] stacked by rows,
+B = [w_1 s_1 B_1 ... w_k s_k B_k] side by side, alpha = R (scale 1). A module that some
+components do not adapt gets zero rows and columns in their place, so every module has rank
+R and the file loads in PEFT and vLLM alike. Averaging A and B separately (PEFT `linear`)
+would be another model; this is PEFT's `cat`, computed once.
+
+A mix is registered as a derived version of the adapter `mix-<12 hex>`, named by its
+components' content and weights (rounded to 4 decimals), with the components as lineage:
+building the same mix again is a registry lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
+from registry.bases import BaseModelInfo
+from registry.errors import ErrorCode, SwitchboardError
+from registry.manifest import Component, ManifestDraft
+from registry.store import Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DECIMALS = 4
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass(frozen=True, slots=True)
+class Mixture:
+    version: VersionInfo
+    components: tuple[tuple[VersionInfo, float], ...]
+    built: bool  # False: found in the registry (a cache hit)
+
+
+def mixture_name(components: list[tuple[VersionInfo, float]]) -> str:
+    digest = hashlib.sha256()
+    for version, weight in sorted(components, key=lambda c: c[0].served_name):
+        digest.update(f"{version.served_name}\0{weight:.{WEIGHT_DECIMALS}f}\n".encode())
+    return f"mix-{digest.hexdigest()[:12]}"
+
+
+def build_mixture(
+    registry: Registry, parts: list[tuple[str, float]], base: BaseModelInfo
+) -> Mixture:
+    """The registry version serving Σ wᵢ·ΔWᵢ of the LoRA versions `parts` names (refs)."""
+    if not parts:
+        raise SwitchboardError(ErrorCode.INVALID_INPUT, "a mixture needs at least one component")
+    components: list[tuple[VersionInfo, float]] = []
+    for ref, weight in parts:
+        if not math.isfinite(weight) or weight <= 0:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"weight of {ref} must be a positive number, got {weight}"
+            )
+        version = registry.resolve(ref)
+        if version.method != "lora":
+            raise SwitchboardError(
+                ErrorCode.INVALID_ADAPTER,
+                f"{version.ref} is a {version.method} adapter; only LoRA adapters mix",
+            )
+        if version.base_fingerprint != base.fingerprint:
+            raise SwitchboardError(
+                ErrorCode.INCOMPATIBLE_BASE,
+                f"{version.ref} was made for another base than {base.id}",
+            )
+        components.append((version, round(weight, WEIGHT_DECIMALS)))
+    if len({v.served_name for v, _ in components}) != len(components):
+        raise SwitchboardError(ErrorCode.INVALID_INPUT, "a component appears twice in the mix")
+    name = mixture_name(components)
+    try:
+        return Mixture(registry.resolve(name), tuple(components), built=False)
+    except SwitchboardError as exc:
+        if exc.code != ErrorCode.NOT_FOUND:
+            raise
+    with tempfile.TemporaryDirectory(prefix="switchboard-mix-") as tmp:
+        out = Path(tmp) / name
+        _write_concatenated(registry, components, out)
+        draft = ManifestDraft(
+            description="weighted mix: "
+            + ", ".join(f"{v.ref} weight {w:g}" for v, w in components),
+            components=[Component(ref=v.ref, weight=w) for v, w in components],
+        )
+        manifest = registry.publish(out, name, base, draft=draft)
+    log.info("built mixture %s of %s", manifest.ref, [v.ref for v, _ in components])
+    return Mixture(registry.resolve(manifest.ref), tuple(components), built=True)
+
+
+def _scale(config: dict[str, Any], module: str, source: str) -> tuple[int, float]:
+    """(rank, alpha / rank, or alpha / √rank with rsLoRA) of one module."""
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise SwitchboardError(
+            ErrorCode.INVALID_ADAPTER,
+            f"{source}: per-module rank_pattern/alpha_pattern are not supported in mixes",
+        )
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    return rank, alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def _write_concatenated(
+    registry: Registry, components: list[tuple[VersionInfo, float]], out: Path
+) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    loaded = []
+    for version, weight in components:
+        _, directory = registry.checkout(version.ref)  # re-hashed: never mix damaged files
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        loaded.append((version, weight, config, tensors))
+    modules = sorted({k[: -len(_A)] for _, _, _, t in loaded for k in t if k.endswith(_A)})
+    total_rank = sum(int(config["r"]) for _, _, config, _ in loaded)
+    merged: dict[str, np.ndarray] = {}
+    for module in modules:
+        a_blocks, b_blocks = [], []
+        shape = next(
+            (t[module + _A].shape[1], t[module + _B].shape[0])
+            for _, _, _, t in loaded
+            if module + _A in t
+        )
+        for version, weight, config, tensors in loaded:
+            rank, scale = _scale(config, module, version.ref)
+            if module + _A in tensors:
+                a = tensors[module + _A].astype(np.float32)
+                b = tensors[module + _B].astype(np.float32)
+            else:  # not adapted by this component: contributes nothing
+                a = np.zeros((rank, shape[0]), dtype=np.float32)
+                b = np.zeros((shape[1], rank), dtype=np.float32)
+            a_blocks.append(a)
+            b_blocks.append(b * (weight * scale))
+        merged[module + _A] = np.ascontiguousarray(np.concatenate(a_blocks, axis=0))
+        merged[module + _B] = np.ascontiguousarray(np.concatenate(b_blocks, axis=1))
+    first = loaded[0][2]
+    config = {
+        **{k: v for k, v in first.items() if k not in ("rank_pattern", "alpha_pattern")},
+        "r": total_rank,
+        "lora_alpha": total_rank,  # scale 1: the weights and scales are inside B
+        "use_rslora": False,
+        "target_modules": sorted({m.rsplit(".", 1)[-1] for m in modules}),
+        "lora_dropout": 0.0,
+    }
+    out.mkdir(parents=True)
+    save_file(merged, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
