@@ -14,6 +14,7 @@ import typer
 from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
 from router.cli import route_app
+from serving.cli import serve
 from trainer.cli import data_app, train
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
 app.command("train")(train)
+app.command("serve")(serve)
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
 EXIT_CODES = {

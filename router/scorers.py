@@ -105,7 +105,9 @@ class LinearScorer:
             self._single.fit(vectors, labels)
             return
         self._single = None
-        model = LogisticRegression(C=self.c, max_iter=2000).fit(vectors, np.asarray(labels))
+        # Balanced: an operator's handful of `base` examples must count against a route's 50.
+        model = LogisticRegression(C=self.c, max_iter=2000, class_weight="balanced")
+        model.fit(vectors, np.asarray(labels))
         assert list(model.classes_) == self.classes
         weights, bias = model.coef_, model.intercept_
         if weights.shape[0] == 1:  # two classes: sklearn keeps one row, for the second class

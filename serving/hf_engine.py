@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,40 @@ from serving.engine import AdapterSpec, Generation, GenerationRequest, cut_at_st
 log = logging.getLogger(__name__)
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+TokenCallback = Callable[[int, int], None]
+
+
+class _RowStreamer:
+    """Hands each row's new tokens to a callback as `generate` makes them (transformers'
+    own streamers take one row only)."""
+
+    def __init__(
+        self,
+        rows: list[int],
+        requests: list[GenerationRequest],
+        callback: TokenCallback | None,
+        eos: int | None,
+    ) -> None:
+        self.rows, self.callback, self.eos = rows, callback, eos
+        self.left = [requests[i].params.max_tokens for i in rows]
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # the first call carries the prompts
+            self._prompt_seen = True
+            return
+        assert self.callback is not None
+        for slot, token in enumerate(value.reshape(-1).tolist()):
+            if self.left[slot] <= 0:
+                continue
+            if token == self.eos:
+                self.left[slot] = 0
+                continue
+            self.left[slot] -= 1
+            self.callback(self.rows[slot], int(token))
+
+    def end(self) -> None:
+        return None
 
 
 class HFEngine:
@@ -99,8 +134,14 @@ class HFEngine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        """Generate for a batch; rows with different adapters share one pass where they can."""
+    def generate(
+        self, requests: list[GenerationRequest], on_token: TokenCallback | None = None
+    ) -> list[Generation]:
+        """Generate for a batch; rows with different adapters share one pass where they can.
+
+        `on_token(i, token_id)` is called for each new token of request `i` as it is made
+        (up to its own max_tokens, never past its end of sequence): streaming hooks in here.
+        """
         results: dict[int, Generation] = {}
         with self._lock:
 
@@ -117,11 +158,13 @@ class HFEngine:
             order = sorted(range(len(requests)), key=group_key)
             for _, members in groupby(order, key=group_key):
                 rows = list(members)
-                for i, generation in zip(rows, self._run([requests[i] for i in rows]), strict=True):
+                streamer = _RowStreamer(rows, requests, on_token, self.tokenizer.eos_token_id)
+                batch = [requests[i] for i in rows]
+                for i, generation in zip(rows, self._run(batch, streamer), strict=True):
                     results[i] = generation
         return [results[i] for i in range(len(requests))]
 
-    def _run(self, batch: list[GenerationRequest]) -> list[Generation]:
+    def _run(self, batch: list[GenerationRequest], streamer: Any) -> list[Generation]:
         """One `generate` call: rows share a prefix adapter (or none) and sampling settings."""
         import torch
 
@@ -167,6 +210,7 @@ class HFEngine:
                 **encoded,
                 max_new_tokens=max(r.params.max_tokens for r in batch),
                 pad_token_id=self.tokenizer.pad_token_id,
+                streamer=streamer if streamer.callback else None,
                 **kwargs,
             )
         generations = []

@@ -89,10 +89,12 @@ def test_mixed_batches_match_peft_one_request_at_a_time(
         GenerationRequest(prompts[1], adapters["a"], params),
         GenerationRequest(prompts[2], None, params),
     ]
-    mixed = engine.generate(rows)
-    for row, generation in zip(rows, mixed, strict=True):
+    streamed: dict[int, list[int]] = {}
+    mixed = engine.generate(rows, on_token=lambda i, t: streamed.setdefault(i, []).append(t))
+    for index, (row, generation) in enumerate(zip(rows, mixed, strict=True)):
         expected = reference(real_base.path, row.adapter, row.prompt, 8)
         assert list(generation.token_ids) == expected, (row.adapter, row.prompt)
+        assert streamed[index] == expected  # streaming hands out the same tokens, as made
         assert generation.prompt_tokens == engine.count_tokens(row.prompt)
     # The adapters do change the answer: the comparison above can fail.
     assert mixed[0].token_ids != mixed[1].token_ids

@@ -1,0 +1,39 @@
+"""`switchboard serve`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from registry.cli import settings_of
+from registry.errors import ErrorCode, SwitchboardError
+
+
+def serve(
+    ctx: typer.Context,
+    engine: Annotated[
+        Literal["auto", "vllm", "hf"],
+        typer.Option(help="auto: transformers+PEFT for now (vLLM is wired in next)."),
+    ] = "auto",
+    base: Annotated[
+        Path | None, typer.Option(help="Base model: a cached name or a model directory.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the registry's adapters behind an OpenAI-compatible API (model=auto routes)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = settings_of(ctx)
+    if base is not None:
+        settings.base = str(base)
+    if engine == "vllm":
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            "the vLLM engine is not wired into the server yet; use --engine hf (or auto)",
+        )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -1,0 +1,63 @@
+"""Request bodies of the OpenAI-compatible API (pydantic at the edge), with Switchboard's
+extension field. Responses are built as plain dicts in the OpenAI shape."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MixPart(BaseModel):
+    ref: str
+    weight: float = Field(gt=0)
+
+
+class SwitchboardOptions(BaseModel):
+    """`"switchboard": {"mix": [{"ref": "legal", "weight": 0.7}, …]}` asks for an explicit
+    weighted mix of LoRA adapters instead of `model`."""
+
+    mix: list[MixPart] = Field(default_factory=list, min_length=1)
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI fields we do not use are accepted
+
+    model: str = Field(min_length=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: Literal[1] = 1
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    switchboard: SwitchboardOptions | None = None
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    prompt: str = Field(min_length=1)
+    max_tokens: int = Field(default=16, ge=1)  # OpenAI's default for completions
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_tokens

@@ -1,0 +1,111 @@
+"""What the HTTP layer calls: from `model` (auto, base, a ref or a mix) to an adapter the
+engine can load, and from a prompt to a generation through the batcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from registry.bases import BaseModelInfo
+from registry.errors import ErrorCode, SwitchboardError
+from registry.store import Registry, VersionInfo
+from router.decision import Choice, Decision
+from router.router import Router
+from serving.batcher import Batcher
+from serving.engine import AdapterSpec, Generation, GenerationRequest, SamplingParams
+from serving.hf_engine import HFEngine
+from serving.mixture import build_mixture
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What served a request: the decision behind it, and the one adapter the engine ran
+    (a mixture when several were chosen)."""
+
+    decision: Decision
+    version: VersionInfo | None
+
+    def to_json(self) -> dict[str, object]:
+        data = self.decision.to_json()
+        data["served"] = (
+            {"ref": self.version.ref, "served_name": self.version.served_name}
+            if self.version
+            else {"ref": "base", "served_name": None}
+        )
+        return data
+
+
+@dataclass
+class Service:
+    registry: Registry
+    router: Router
+    engine: HFEngine
+    base: BaseModelInfo
+    batcher: Batcher
+    _specs: dict[str, AdapterSpec] = field(default_factory=dict)
+
+    def resolve(
+        self, model: str, request: str | list[dict[str, str]], mix: list[tuple[str, float]]
+    ) -> Served:
+        if mix:
+            decision = Decision(
+                "mix",
+                tuple(Choice(self.registry.resolve(ref), ref, weight) for ref, weight in mix),
+                reason="explicit mix",
+                model=model,
+            )
+        else:
+            decision = self.router.decide(request, model=model)
+        if decision.kind == "base":
+            return Served(decision, None)
+        if decision.kind == "mix":
+            parts = [(c.ref, c.weight) for c in decision.choices]
+            return Served(decision, build_mixture(self.registry, parts, self.base).version)
+        version = decision.choices[0].version
+        assert version is not None  # registry routes always name versions
+        return Served(decision, version)
+
+    def adapter(self, version: VersionInfo | None) -> AdapterSpec | None:
+        """The engine's view of a version: files verified once, on first use."""
+        if version is None:
+            return None
+        if version.base_fingerprint != self.base.fingerprint:
+            raise SwitchboardError(
+                ErrorCode.INCOMPATIBLE_BASE,
+                f"{version.ref} was made for another base model than the one served "
+                f"({self.base.id})",
+            )
+        if not self.engine.supports(version.method):
+            raise SwitchboardError(
+                ErrorCode.INVALID_ADAPTER,
+                f"{version.ref} is a {version.method} adapter; the {self.engine.name} engine "
+                "cannot serve it",
+            )
+        spec = self._specs.get(version.served_name)
+        if spec is None:
+            _, path = self.registry.checkout(version.ref)
+            spec = AdapterSpec(
+                version.served_name, path, "prefix" if version.method == "prefix" else "lora"
+            )
+            self._specs[version.served_name] = spec
+        return spec
+
+    def prepare(
+        self, prompt: str, version: VersionInfo | None, params: SamplingParams
+    ) -> GenerationRequest:
+        tokens = self.engine.count_tokens(prompt)
+        if tokens + params.max_tokens > self.engine.max_model_len:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                f"the prompt has {tokens} tokens and max_tokens is {params.max_tokens}: more "
+                f"than the model's context of {self.engine.max_model_len}",
+            )
+        return GenerationRequest(prompt, self.adapter(version), params)
+
+    async def generate(
+        self, request: GenerationRequest, on_token: Callable[[int], None] | None = None
+    ) -> Generation:
+        return await self.batcher.submit(request, on_token)
