@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     CAPACITY = "capacity"
     INVALID_INPUT = "invalid_input"
     INTERRUPTED = "interrupted"
+    UNAUTHORIZED = "unauthorized"
 
 
 class SwitchboardError(Exception):

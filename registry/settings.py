@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         default=1.0, gt=0.0, description="softmax temperature of a mix's weights"
     )
 
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="keys a client may generate with (JSON list); none: no key needed",
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="keys that may also change the registry through the API (JSON list)",
+    )
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,8 +39,14 @@ STATUS = {
     ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.INTEGRITY: 422,
     ErrorCode.CAPACITY: 429,
+    ErrorCode.UNAUTHORIZED: 401,
 }
-_TYPES = {404: "not_found_error", 409: "conflict_error", 429: "rate_limit_error"}
+_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
 
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -61,6 +68,24 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
+def check_key(request: Request) -> None:
+    """With keys configured, every /v1 call needs one (`Authorization: Bearer KEY`); in
+    development, with none configured, the API is open."""
+    keys: frozenset[str] = request.app.state.keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare_digest on every key: the time taken says nothing about which key was close.
+    matches = [secrets.compare_digest(token.strip(), key) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise SwitchboardError(
+            ErrorCode.UNAUTHORIZED, "a valid API key is required: Authorization: Bearer KEY"
+        )
+
+
+KeyDep = [Depends(check_key)]
+
+
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +102,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app = FastAPI(title="Switchboard", lifespan=lifespan)
     app.state.ready = False
     app.state.metrics = Metrics()
+    app.state.keys = frozenset(settings.api_keys) | frozenset(settings.admin_keys)
 
     @app.exception_handler(SwitchboardError)
     async def switchboard_error(_: Request, exc: SwitchboardError) -> JSONResponse:
@@ -108,11 +134,11 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         body, content_type = request.app.state.metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=KeyDep)
     async def models(service: ServiceDep) -> dict[str, Any]:
         return {"object": "list", "data": model_list(service)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=KeyDep)
     async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
         messages = [m.model_dump() for m in body.messages]
         served = await asyncio.to_thread(service.resolve, body.model, messages, _mix(body))
@@ -120,7 +146,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         prompt = service.engine.render_chat(messages)
         return await _respond(request, service, body, served, prompt, limit, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=KeyDep)
     async def completions(
         body: CompletionRequest, service: ServiceDep, request: Request
     ) -> Response:

@@ -217,3 +217,23 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     with pytest.raises(openai.UnprocessableEntityError, match="registry verify"):
         chat(client, "broken", "hi")
     assert chat(client, "math", "hi").choices[0].message.content is not None
+
+
+def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
+    """The key check runs before anything else: no model needs to be loaded to test it."""
+    settings = Settings(home=tmp_path, api_keys=["client-key"], admin_keys=["admin-key"])
+    http = TestClient(create_app(settings))  # no lifespan: the engine never starts
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "client-key"}):
+        refused = http.post("/v1/chat/completions", json=body, headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"
+    assert http.get("/v1/models").status_code == 401
+    for key in ("client-key", "admin-key"):
+        allowed = http.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        )
+        assert allowed.status_code == 429  # past the key check: the server is not ready
+    assert http.get("/healthz").status_code == 200  # probes need no key
+    open_app = TestClient(create_app(Settings(home=tmp_path)))
+    assert open_app.post("/v1/chat/completions", json=body).status_code == 429
