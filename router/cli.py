@@ -14,7 +14,8 @@ from typer.core import TyperGroup
 from registry.cli import JsonFlag, emit, open_registry, print_table, settings_of
 
 if TYPE_CHECKING:
-    from router.router import Router
+    from registry.store import Registry
+    from router.router import Router, RouteSource
     from router.scorers import Method
 
 
@@ -39,14 +40,22 @@ MethodOption = Annotated[
 ]
 
 
-def _registry_router(ctx: typer.Context, method: Method | None = None) -> Router:
-    from router.router import RegistryRoutes, build_router
+def _load_router(ctx: typer.Context, source: RouteSource, method: Method | None = None) -> Router:
+    from router.router import build_router
 
     _quiet_loading()
     with _busy("loading the encoder and routes…"):
-        router = build_router(settings_of(ctx), RegistryRoutes(open_registry(ctx)), method)
+        router = build_router(settings_of(ctx), source, method)
         router.index()
     return router
+
+
+def _registry_router(
+    ctx: typer.Context, method: Method | None = None, registry: Registry | None = None
+) -> Router:
+    from router.router import RegistryRoutes
+
+    return _load_router(ctx, RegistryRoutes(registry or open_registry(ctx)), method)
 
 
 def _quiet_loading() -> None:
@@ -98,16 +107,13 @@ def evaluate_command(
     """Evaluate routing on a labelled file: accuracy, fallback, confusion."""
     from router.evaluate import evaluate, plot_confusion
     from router.files import read_labelled
-    from router.router import FileRoutes, build_router
+    from router.router import FileRoutes
 
     rows = read_labelled(data)
     if routes is None:
         router = _registry_router(ctx, method)
     else:
-        source = FileRoutes(routes)
-        _quiet_loading()
-        with _busy("loading the encoder…"):
-            router = build_router(settings_of(ctx), source, method)
+        router = _load_router(ctx, FileRoutes(routes), method)
     with _busy(f"routing {len(rows)} requests…"):
         report = evaluate(router, rows)
     if plot is not None:
@@ -148,11 +154,12 @@ def calibrate_command(
     from router.files import read_labelled
 
     rows = read_labelled(data)
-    router = _registry_router(ctx)
+    registry = open_registry(ctx)
+    router = _registry_router(ctx, registry=registry)
     with _busy(f"scoring {len(rows)} held-out requests…"):
         thresholds = calibrate(router, rows)
     if not dry_run:
-        open_registry(ctx).routes.set_thresholds(router.encoder.identity, thresholds)
+        registry.routes.set_thresholds(router.encoder.identity, thresholds)
     result = {
         "encoder": router.encoder.identity,
         "stored": not dry_run,

@@ -77,19 +77,16 @@ def calibrate(router: Router, rows: list[tuple[str, str]]) -> dict[str, tuple[fl
     {route: (threshold, rows it was fitted on)} for routes with held-out rows.
     """
     check_labels(router, rows)
-    index = router.index()
-    if index.scorer is None:
+    if not router.index().classes:
         raise SwitchboardError(ErrorCode.INVALID_INPUT, "no routes to calibrate")
-    vectors = router.encoder.encode([router.encoder.prepare(t).text for t, _ in rows])
-    scores = index.scorer.scores(vectors)
-    classes = index.classes
-    candidates = [i for i, c in enumerate(classes) if c != BASE_ROUTE]
     by_route: dict[str, list[tuple[float, str]]] = {}
-    for (_, expected), row in zip(rows, scores, strict=True):
-        best = max(candidates, key=lambda i: row[i])
-        if BASE_ROUTE in classes and row[classes.index(BASE_ROUTE)] >= row[best]:
+    decisions = router.decide_texts([text for text, _ in rows])
+    for (_, expected), decision in zip(rows, decisions, strict=True):
+        ranked = [(r, s) for r, s in decision.scores.items() if r != BASE_ROUTE]  # best first
+        if not ranked or decision.scores.get(BASE_ROUTE, -1.0) >= ranked[0][1]:
             continue  # the base class wins whatever the threshold
-        by_route.setdefault(classes[best], []).append((float(row[best]), expected))
+        route, score = ranked[0]
+        by_route.setdefault(route, []).append((score, expected))
     thresholds = {}
     for route, scored in by_route.items():
         scored.sort()

@@ -95,6 +95,14 @@ class HFEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds "
+                f"the model's context of {self.max_model_len}",
+            )
+
     # ---- adapters ---------------------------------------------------------------------------
 
     def _load_lora(self, adapter: AdapterSpec) -> None:
@@ -188,12 +196,7 @@ class HFEngine:
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         longest = encoded["input_ids"].shape[1]
         for request, length in zip(batch, prompt_lengths, strict=True):
-            if length + request.params.max_tokens > self.max_model_len:
-                raise SwitchboardError(
-                    ErrorCode.INVALID_INPUT,
-                    f"prompt of {length} tokens + max_tokens {request.params.max_tokens} exceeds "
-                    f"the model's context of {self.max_model_len}",
-                )
+            self.check_context(length, request.params.max_tokens)
         if not params.greedy:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:

@@ -96,13 +96,8 @@ class Service:
     def prepare(
         self, prompt: str, version: VersionInfo | None, params: SamplingParams
     ) -> GenerationRequest:
-        tokens = self.engine.count_tokens(prompt)
-        if tokens + params.max_tokens > self.engine.max_model_len:
-            raise SwitchboardError(
-                ErrorCode.INVALID_INPUT,
-                f"the prompt has {tokens} tokens and max_tokens is {params.max_tokens}: more "
-                f"than the model's context of {self.engine.max_model_len}",
-            )
+        # Checked here, before batching: in the engine it would fail the whole batch.
+        self.engine.check_context(self.engine.count_tokens(prompt), params.max_tokens)
         return GenerationRequest(prompt, self.adapter(version), params)
 
     async def generate(
