@@ -205,6 +205,8 @@ def test_route_commands_as_scripts_use_them(
     for route, fitted in calibrated["thresholds"].items():
         assert listed[route]["threshold"] == fitted["threshold"]
 
+    usage = cli.run("route", "remove-examples", "math", code=2)
+    assert "--id" in usage.stderr and "--all" in usage.stderr
     assert cli.json("route", "remove-examples", "math", "--all")["removed"] == 20
     error = cli.json("route", "", code=1)["error"]
     assert error["code"] == "invalid_input" and "empty" in error["message"]

@@ -146,6 +146,15 @@ def test_negative_examples_send_requests_to_the_base(
     decision = router.decide(weather)
     assert decision.kind == "base"
     assert "base" in decision.reason
+    # Bad additions and removals are refused whole: nothing changes.
+    for texts in (["fine", "   "], ["x" * 20_001]):
+        with pytest.raises(SwitchboardError) as bad:
+            registry.routes.add_examples("base", texts, "operator")
+        assert bad.value.code == ErrorCode.INVALID_INPUT
+    with pytest.raises(SwitchboardError) as unknown:
+        registry.routes.remove_examples("base", [10**9])
+    assert unknown.value.code == ErrorCode.NOT_FOUND
+    assert len(registry.routes.examples("base")) == added
     # Removing them again restores the old behaviour: the change is live both ways.
     registry.routes.remove_examples("base")
     assert router.decide(weather).kind == "adapter"
