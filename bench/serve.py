@@ -67,7 +67,9 @@ def prompts(engine: HFEngine, count: int) -> list[str]:
         for domain in DOMAINS
         for example in load_jsonl(DATA / domain / "eval.jsonl").examples[:count]
     ]
-    return [engine.render_chat([{"role": "user", "content": r[:400]}]) for r in requests[:count]]
+    return [
+        engine.tokens.render_chat([{"role": "user", "content": r[:400]}]) for r in requests[:count]
+    ]
 
 
 def _timed(engine: HFEngine, batches: list[list[GenerationRequest]]) -> tuple[float, int]:

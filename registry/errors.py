@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     INVALID_INPUT = "invalid_input"
     INTERRUPTED = "interrupted"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
 
 
 class SwitchboardError(Exception):

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API: `create_app(settings)`.
 
 Routes are thin: they parse, call the service, and shape the answer. The lifespan builds the
-registry, router, engine and batcher once; tests hand in their own through the keyword
+registry, router and engine once; tests hand in their own through the keyword
 arguments. Every answer says what served it: a `switchboard` field in the body and an
 `x-switchboard-route` header.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -24,7 +24,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, SwitchboardError
 from registry.settings import Settings
-from serving.engine import Generation, SamplingParams
+from registry.store import VersionInfo
+from serving import admin
+from serving.auth import check_key
+from serving.engine import Engine, Generation, SamplingParams
 from serving.metrics import Metrics
 from serving.schemas import ChatCompletionRequest, CompletionRequest
 from serving.service import Served, Service
@@ -40,9 +43,11 @@ STATUS = {
     ErrorCode.INTEGRITY: 422,
     ErrorCode.CAPACITY: 429,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
 }
 _TYPES = {
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
     429: "rate_limit_error",
@@ -68,41 +73,28 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def check_key(request: Request) -> None:
-    """With keys configured, every /v1 call needs one (`Authorization: Bearer KEY`); in
-    development, with none configured, the API is open."""
-    keys: frozenset[str] = request.app.state.keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest on every key: the time taken says nothing about which key was close.
-    matches = [secrets.compare_digest(token.strip(), key) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
-        raise SwitchboardError(
-            ErrorCode.UNAUTHORIZED, "a valid API key is required: Authorization: Bearer KEY"
-        )
-
-
 KeyDep = [Depends(check_key)]
 
 
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        built = service or build_service(settings)
-        await built.batcher.start()
+        built = service if service is not None else await asyncio.to_thread(build_service, settings)
+        await built.engine.start()
         app.state.service = built
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
-            await built.batcher.stop()
+            await built.engine.stop()
 
     app = FastAPI(title="Switchboard", lifespan=lifespan)
     app.state.ready = False
     app.state.metrics = Metrics()
-    app.state.keys = frozenset(settings.api_keys) | frozenset(settings.admin_keys)
+    app.state.client_keys = frozenset(settings.api_keys)
+    app.state.admin_keys = frozenset(settings.admin_keys)
+    app.include_router(admin.router)
 
     @app.exception_handler(SwitchboardError)
     async def switchboard_error(_: Request, exc: SwitchboardError) -> JSONResponse:
@@ -143,7 +135,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         messages = [m.model_dump() for m in body.messages]
         served = await asyncio.to_thread(service.resolve, body.model, messages, _mix(body))
         limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
-        prompt = service.engine.render_chat(messages)
+        prompt = service.engine.tokens.render_chat(messages)
         return await _respond(request, service, body, served, prompt, limit, chat=True)
 
     @app.post("/v1/completions", dependencies=KeyDep)
@@ -186,6 +178,8 @@ def model_list(service: Service) -> list[dict[str, Any]]:
     for summary in service.registry.list_adapters():
         for version in service.registry.list_versions(summary.name):
             if version.base_fingerprint != service.base.fingerprint:
+                continue
+            if service.engine.refuses(version.method, version.rank) is not None:
                 continue
             names = [version.ref] + [f"{version.name}@{a}" for a in version.aliases]
             if version.version == summary.aliases.get("prod", summary.latest):
@@ -327,7 +321,7 @@ async def _stream(
             tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
         except TimeoutError:
             continue
-        text = service.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = service.engine.tokens.decode(tokens)
         if text.endswith("\ufffd"):
             continue  # half of a multi-byte character: wait for the rest
         if any(s in text for s in stops):
@@ -347,17 +341,52 @@ async def _stream(
 
 
 def build_service(settings: Settings) -> Service:
-    """Registry, router (LoRA and prefix adapters of the served base) and the HF engine."""
+    """Registry, router (over the adapters of the served base that the engine can serve)
+    and the engine that `settings.engine` names."""
     from registry.bases import BaseModels
     from registry.store import Registry
     from router.router import RegistryRoutes, build_router
-    from serving.batcher import Batcher
-    from serving.hf_engine import HFEngine
 
     registry = Registry(settings.registry_url, settings.home_dir)
     base = BaseModels(settings.home_dir / "bases").get(settings.base)
-    router = build_router(
-        settings, RegistryRoutes(registry, accept=lambda v: v.base_fingerprint == base.fingerprint)
+    engine = build_engine(settings, base.path)
+
+    def servable(version: VersionInfo) -> bool:
+        same_base = version.base_fingerprint == base.fingerprint
+        return same_base and engine.refuses(version.method, version.rank) is None
+
+    router = build_router(settings, RegistryRoutes(registry, accept=servable))
+    return Service(registry, router, engine, base)
+
+
+def build_engine(settings: Settings, base_dir: Path) -> Engine:
+    """`auto` takes vLLM where it is installed and supports the base, else transformers."""
+    from serving.hf_engine import HFEngine
+    from serving.vllm_engine import VLLMEngine, VLLMOptions, vllm_supports
+
+    choice = settings.engine
+    if choice in ("auto", "vllm"):
+        reason = vllm_supports(base_dir)
+        if reason is None:
+            choice = "vllm"
+        elif choice == "vllm":
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"--engine vllm: {reason}")
+        else:
+            log.info("engine auto: transformers+PEFT (%s)", reason)
+            choice = "hf"
+    if choice == "vllm":
+        options = VLLMOptions(
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
+            max_lora_rank=settings.max_lora_rank,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+        return VLLMEngine(base_dir, options)
+    return HFEngine(
+        base_dir,
+        max_adapters=settings.max_loras,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
     )
-    engine = HFEngine(base.path)
-    return Service(registry, router, engine, base, Batcher(engine))

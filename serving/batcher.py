@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.engine import Generation, GenerationRequest
-from serving.hf_engine import HFEngine
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +26,15 @@ class _Pending:
     on_token: Callable[[int], None] | None
 
 
+# Runs one batch: requests, and a callback for (index in the batch, new token id).
+BatchGenerate = Callable[[list[GenerationRequest], Callable[[int, int], None]], list[Generation]]
+
+
 class Batcher:
-    def __init__(self, engine: HFEngine, *, max_batch: int = 32, window_s: float = 0.005) -> None:
-        self.engine = engine
+    def __init__(
+        self, generate: BatchGenerate, *, max_batch: int = 32, window_s: float = 0.005
+    ) -> None:
+        self.generate = generate
         self.max_batch = max_batch
         self.window_s = window_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -73,7 +78,7 @@ class Batcher:
 
             try:
                 results = await asyncio.to_thread(
-                    self.engine.generate, [p.request for p in live], dispatch
+                    self.generate, [p.request for p in live], dispatch
                 )
             except Exception as exc:  # every request of the batch gets the error
                 log.exception("batch of %d failed", len(live))

@@ -8,14 +8,16 @@ from typing import Annotated, Literal
 import typer
 
 from registry.cli import settings_of
-from registry.errors import ErrorCode, SwitchboardError
 
 
 def serve(
     ctx: typer.Context,
     engine: Annotated[
         Literal["auto", "vllm", "hf"],
-        typer.Option(help="auto: transformers+PEFT for now (vLLM is wired in next)."),
+        typer.Option(
+            help="vllm: multi-LoRA; hf: transformers+PEFT (also prefix adapters); "
+            "auto: vllm when installed and it supports the base."
+        ),
     ] = "auto",
     base: Annotated[
         Path | None, typer.Option(help="Base model: a cached name or a model directory.")
@@ -31,9 +33,5 @@ def serve(
     settings = settings_of(ctx)
     if base is not None:
         settings.base = str(base)
-    if engine == "vllm":
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT,
-            "the vLLM engine is not wired into the server yet; use --engine hf (or auto)",
-        )
+    settings.engine = engine
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -7,11 +7,13 @@ weights under a name it has seen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from registry.errors import ErrorCode, SwitchboardError
+from serving.tokens import Tokens
 
 FinishReason = Literal["stop", "length"]
 
@@ -61,21 +63,39 @@ class Generation:
     finish_reason: FinishReason
 
 
+TokenCallback = Callable[[int], None]
+
+
 class Engine(Protocol):
-    """One interface over vLLM and transformers+PEFT."""
+    """One interface over vLLM and transformers+PEFT, as the service drives it."""
 
     name: str
     max_model_len: int
+    tokens: Tokens
 
-    def supports(self, method: str) -> bool: ...
+    def refuses(self, method: str, rank: int | None) -> str | None:
+        """Why this engine cannot serve an adapter of this method and rank (None: it can)."""
+        ...
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+    async def start(self) -> None: ...
 
-    def count_tokens(self, text: str) -> int: ...
+    async def stop(self) -> None: ...
 
-    def check_context(self, prompt_tokens: int, max_tokens: int) -> None: ...
+    async def submit(
+        self, request: GenerationRequest, on_token: TokenCallback | None = None
+    ) -> Generation:
+        """Generate for one request, concurrently with others; `on_token(id)` sees each new
+        token as it is made (streaming hooks in there)."""
+        ...
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Generation]: ...
+
+def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    if prompt_tokens + max_tokens > max_model_len:
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds "
+            f"the model's context of {max_model_len}",
+        )
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

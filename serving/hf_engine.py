@@ -1,17 +1,16 @@
 """The transformers+PEFT engine: the light default, and the one for prefix-tuned adapters.
 
-One base model in memory. LoRA adapters are loaded into one PEFT wrapper under their served
-names (least recently used ones unloaded past `max_adapters`), and a batch of requests for
-different LoRA adapters and the base runs as one `generate` call with PEFT's per-row
-`adapter_names`. A prefix adapter has its own thin PEFT wrapper over the same base weights;
-its rows run as their own batch with the LoRA layers switched off.
+One base model in memory. LoRA adapters are loaded under their served names (least recently
+used ones dropped past `max_adapters`) into the batched LoRA layers of `batched_lora`: a batch
+of requests for different LoRA adapters and the base runs as one `generate` call, its rows
+grouped by adapter. A prefix adapter has its own thin PEFT wrapper over the same base weights;
+its rows run as their own batch, with no LoRA segments planned.
 
 `generate` is not re-entrant: one caller (the server's batching worker) drives it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -20,13 +19,20 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from serving.engine import AdapterSpec, Generation, GenerationRequest, cut_at_stop
+from serving.batched_lora import LoRASet, LoRAWeights, load_lora
+from serving.batcher import Batcher
+from serving.engine import (
+    AdapterSpec,
+    Generation,
+    GenerationRequest,
+    check_context,
+    cut_at_stop,
+)
+from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
-BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-TokenCallback = Callable[[int, int], None]
+RowCallback = Callable[[int, int], None]  # (row of the batch, new token id)
 
 
 class _RowStreamer:
@@ -37,7 +43,7 @@ class _RowStreamer:
         self,
         rows: list[int],
         requests: list[GenerationRequest],
-        callback: TokenCallback | None,
+        callback: RowCallback | None,
         eos: int | None,
     ) -> None:
         self.rows, self.callback, self.eos = rows, callback, eos
@@ -62,78 +68,77 @@ class _RowStreamer:
         return None
 
 
+def _lora_name(request: GenerationRequest) -> str:
+    adapter = request.adapter
+    return adapter.served_name if adapter is not None and adapter.method == "lora" else ""
+
+
 class HFEngine:
     name = "hf"
 
-    def __init__(self, base_dir: Path, *, max_adapters: int = 8, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        max_adapters: int = 8,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        max_batch: int = 32,
+    ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(base_dir)
+        self.tokens = Tokens(base_dir)
+        self.tokenizer: Any = self.tokens.tokenizer
         self.tokenizer.padding_side = "left"  # generation continues each row at its end
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model: Any = AutoModelForCausalLM.from_pretrained(
             base_dir, dtype=getattr(torch, dtype)
         ).eval()
-        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.max_model_len = min(max_model_len or limit, limit)
         self.max_adapters = max_adapters
-        self._lora: Any = None  # PeftModel holding every loaded LoRA adapter
-        self._loras: OrderedDict[str, None] = OrderedDict()  # served names, LRU order
+        self._lora_set = LoRASet(self.model)
+        self._loras: OrderedDict[str, LoRAWeights] = OrderedDict()  # served name, LRU order
         self._prefixes: OrderedDict[str, Any] = OrderedDict()  # served name -> PeftModel
         self._lock = threading.Lock()
+        self._batcher = Batcher(self.generate, max_batch=max_batch)
 
-    def supports(self, method: str) -> bool:
-        return method in ("lora", "prefix")
+    def refuses(self, method: str, rank: int | None) -> str | None:
+        return None if method in ("lora", "prefix") else f"unknown adapter method {method!r}"
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        rendered: str = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return rendered
+    async def start(self) -> None:
+        await self._batcher.start()
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    async def stop(self) -> None:
+        await self._batcher.stop()
 
-    def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
-        if prompt_tokens + max_tokens > self.max_model_len:
-            raise SwitchboardError(
-                ErrorCode.INVALID_INPUT,
-                f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds "
-                f"the model's context of {self.max_model_len}",
-            )
+    async def submit(
+        self, request: GenerationRequest, on_token: Callable[[int], None] | None = None
+    ) -> Generation:
+        return await self._batcher.submit(request, on_token)
 
     # ---- adapters ---------------------------------------------------------------------------
 
-    def _load_lora(self, adapter: AdapterSpec) -> None:
-        from peft import PeftModel
-
+    def _load_lora(self, adapter: AdapterSpec) -> LoRAWeights:
         name = adapter.served_name
-        if name in self._loras:
-            self._loras.move_to_end(name)
-            return
-        if self._lora is None:
-            self._lora = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=name)
-            self._lora.eval()
-        else:
-            self._lora.load_adapter(adapter.path, adapter_name=name)
-        self._loras[name] = None
-        # Rows pick adapters by name; marking the newest active keeps PEFT from warning
-        # when the least recently used one (never the newest) is unloaded.
-        self._lora.set_adapter(name)
-        log.info("loaded LoRA %s", name)
-        while len(self._loras) > self.max_adapters:
-            evicted, _ = self._loras.popitem(last=False)
-            self._lora.delete_adapter(evicted)
-            log.info("unloaded LoRA %s (least recently used)", evicted)
+        weights = self._loras.get(name)
+        if weights is None:
+            weights = load_lora(adapter.path, self.model.dtype)
+            self._lora_set.wrap(weights)
+            self._loras[name] = weights
+            log.info("loaded LoRA %s", name)
+            while len(self._loras) > self.max_adapters:
+                evicted, _ = self._loras.popitem(last=False)
+                log.info("unloaded LoRA %s (least recently used)", evicted)
+        self._loras.move_to_end(name)
+        return weights
 
     def _load_prefix(self, adapter: AdapterSpec) -> Any:
         from peft import PeftModel
 
         name = adapter.served_name
         if name not in self._prefixes:
-            base = self._lora.get_base_model() if self._lora is not None else self.model
-            self._prefixes[name] = PeftModel.from_pretrained(base, adapter.path).eval()
+            self._prefixes[name] = PeftModel.from_pretrained(self.model, adapter.path).eval()
             log.info("loaded prefix adapter %s", name)
             while len(self._prefixes) > self.max_adapters:
                 self._prefixes.popitem(last=False)
@@ -143,7 +148,7 @@ class HFEngine:
     # ---- generation -------------------------------------------------------------------------
 
     def generate(
-        self, requests: list[GenerationRequest], on_token: TokenCallback | None = None
+        self, requests: list[GenerationRequest], on_token: RowCallback | None = None
     ) -> list[Generation]:
         """Generate for a batch; rows with different adapters share one pass where they can.
 
@@ -165,7 +170,8 @@ class HFEngine:
 
             order = sorted(range(len(requests)), key=group_key)
             for _, members in groupby(order, key=group_key):
-                rows = list(members)
+                # Rows for the same LoRA adapter side by side: one segment each per layer.
+                rows = sorted(members, key=lambda i: _lora_name(requests[i]))
                 streamer = _RowStreamer(rows, requests, on_token, self.tokenizer.eos_token_id)
                 batch = [requests[i] for i in rows]
                 for i, generation in zip(rows, self._run(batch, streamer), strict=True):
@@ -179,43 +185,39 @@ class HFEngine:
         params = batch[0].params
         first = batch[0].adapter
         kwargs: dict[str, Any] = {}
+        model = self.model
         if first is not None and first.method == "prefix":
             model = self._load_prefix(first)
         else:
-            for request in batch:
-                if request.adapter is not None:
-                    self._load_lora(request.adapter)
-            if self._lora is not None:
-                model = self._lora
-                kwargs["adapter_names"] = [
-                    r.adapter.served_name if r.adapter else BASE_ROW for r in batch
-                ]
-            else:
-                model = self.model
+            segments = []
+            for _, rows in groupby(enumerate(batch), key=lambda row: _lora_name(row[1])):
+                indices = [i for i, _ in rows]
+                adapter = batch[indices[0]].adapter
+                if adapter is not None:
+                    segments.append((indices[0], indices[-1] + 1, self._load_lora(adapter)))
+            self._lora_set.plan(segments)
         encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True)
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         longest = encoded["input_ids"].shape[1]
         for request, length in zip(batch, prompt_lengths, strict=True):
-            self.check_context(length, request.params.max_tokens)
+            check_context(length, request.params.max_tokens, self.max_model_len)
         if not params.greedy:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
         else:
             kwargs.update(do_sample=False)
-        disable = (
-            self._lora.disable_adapter()
-            if self._lora is not None and model is not self._lora and model is not self.model
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), disable:
-            output = model.generate(
-                **encoded,
-                max_new_tokens=max(r.params.max_tokens for r in batch),
-                pad_token_id=self.tokenizer.pad_token_id,
-                streamer=streamer if streamer.callback else None,
-                **kwargs,
-            )
+        try:
+            with torch.inference_mode():
+                output = model.generate(
+                    **encoded,
+                    max_new_tokens=max(r.params.max_tokens for r in batch),
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    streamer=streamer if streamer.callback else None,
+                    **kwargs,
+                )
+        finally:
+            self._lora_set.clear()
         generations = []
         eos = self.tokenizer.eos_token_id
         for row, request, length in zip(output, batch, prompt_lengths, strict=True):

@@ -1,10 +1,9 @@
 """What the HTTP layer calls: from `model` (auto, base, a ref or a mix) to an adapter the
-engine can load, and from a prompt to a generation through the batcher."""
+engine can load, and from a prompt to a generation through the engine."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from registry.bases import BaseModelInfo
@@ -12,9 +11,15 @@ from registry.errors import ErrorCode, SwitchboardError
 from registry.store import Registry, VersionInfo
 from router.decision import Choice, Decision
 from router.router import Router
-from serving.batcher import Batcher
-from serving.engine import AdapterSpec, Generation, GenerationRequest, SamplingParams
-from serving.hf_engine import HFEngine
+from serving.engine import (
+    AdapterSpec,
+    Engine,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    TokenCallback,
+    check_context,
+)
 from serving.mixture import build_mixture
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,8 @@ class Served:
 class Service:
     registry: Registry
     router: Router
-    engine: HFEngine
+    engine: Engine
     base: BaseModelInfo
-    batcher: Batcher
     _specs: dict[str, AdapterSpec] = field(default_factory=dict)
 
     def resolve(
@@ -78,11 +82,11 @@ class Service:
                 f"{version.ref} was made for another base model than the one served "
                 f"({self.base.id})",
             )
-        if not self.engine.supports(version.method):
+        reason = self.engine.refuses(version.method, version.rank)
+        if reason is not None:
             raise SwitchboardError(
                 ErrorCode.INVALID_ADAPTER,
-                f"{version.ref} is a {version.method} adapter; the {self.engine.name} engine "
-                "cannot serve it",
+                f"{version.ref} cannot be served by the {self.engine.name} engine: {reason}",
             )
         spec = self._specs.get(version.served_name)
         if spec is None:
@@ -97,10 +101,11 @@ class Service:
         self, prompt: str, version: VersionInfo | None, params: SamplingParams
     ) -> GenerationRequest:
         # Checked here, before batching: in the engine it would fail the whole batch.
-        self.engine.check_context(self.engine.count_tokens(prompt), params.max_tokens)
+        prompt_tokens = len(self.engine.tokens.encode(prompt))
+        check_context(prompt_tokens, params.max_tokens, self.engine.max_model_len)
         return GenerationRequest(prompt, self.adapter(version), params)
 
     async def generate(
-        self, request: GenerationRequest, on_token: Callable[[int], None] | None = None
+        self, request: GenerationRequest, on_token: TokenCallback | None = None
     ) -> Generation:
-        return await self.batcher.submit(request, on_token)
+        return await self.engine.submit(request, on_token)

@@ -79,7 +79,7 @@ def reference(base_dir: Path, adapter: AdapterSpec | None, prompt: str, tokens: 
 def test_mixed_batches_match_peft_one_request_at_a_time(
     engine: HFEngine, adapters: dict[str, AdapterSpec], real_base: BaseModelInfo
 ) -> None:
-    prompts = [engine.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    prompts = [engine.tokens.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     params = SamplingParams(max_tokens=8)
     rows = [
         GenerationRequest(prompts[0], None, params),
@@ -95,7 +95,7 @@ def test_mixed_batches_match_peft_one_request_at_a_time(
         expected = reference(real_base.path, row.adapter, row.prompt, 8)
         assert list(generation.token_ids) == expected, (row.adapter, row.prompt)
         assert streamed[index] == expected  # streaming hands out the same tokens, as made
-        assert generation.prompt_tokens == engine.count_tokens(row.prompt)
+        assert generation.prompt_tokens == len(engine.tokens.encode(row.prompt))
     # The adapters do change the answer: the comparison above can fail.
     assert mixed[0].token_ids != mixed[1].token_ids
     assert "Paris" in engine.generate([GenerationRequest(prompts[0], None, params)])[0].text
@@ -104,7 +104,7 @@ def test_mixed_batches_match_peft_one_request_at_a_time(
 def test_limits_stops_and_eviction(
     engine: HFEngine, adapters: dict[str, AdapterSpec], real_base: BaseModelInfo
 ) -> None:
-    prompt = engine.render_chat([{"role": "user", "content": PROMPTS[0]}])
+    prompt = engine.tokens.render_chat([{"role": "user", "content": PROMPTS[0]}])
     short = engine.generate([GenerationRequest(prompt, None, SamplingParams(max_tokens=2))])[0]
     assert len(short.token_ids) == 2 and short.finish_reason == "length"
     full = engine.generate([GenerationRequest(prompt, None, SamplingParams(max_tokens=40))])[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,22 @@ from fastapi.testclient import TestClient
 
 from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings
 from serving.app import ROUTE_HEADER, create_app
+from serving.engine import SamplingParams
 from trainer.data import load_jsonl
 from trainer.loop import routing_sample
 
 pytestmark = pytest.mark.slow
 
+ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
+
 DATA = Path(__file__).resolve().parents[1] / "data"
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+]
 NEGATIVES = [
     "What is the capital of France?",
     "Which films did Alfred Hitchcock direct?",
@@ -34,7 +46,15 @@ def requests(domain: str, split: str, count: int) -> list[str]:
     return routing_sample(load_jsonl(DATA / domain / f"{split}.jsonl").examples, count, seed=0)
 
 
-def _lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
+def _lora(
+    base: BaseModelInfo,
+    out: Path,
+    seed: int,
+    *,
+    scale: float = 0.05,
+    rank: int = 4,
+    modules: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -42,42 +62,98 @@ def _lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base.path)
     config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        r=rank, lora_alpha=2 * rank, target_modules=list(modules), init_lora_weights=False
     )
     peft_model = get_peft_model(model, config)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
-            param.data *= 0.05
+            param.data *= scale
     peft_model.save_pretrained(out)
     return out
 
 
+def _prefix(base: BaseModelInfo, out: Path) -> Path:
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@dataclass
+class World:
+    """One registry, shared by a server per engine (as replicas would share it)."""
+
+    home: Path
+    registry: Registry
+    base: BaseModelInfo
+
+
 @pytest.fixture(scope="module")
-def served(
+def world(
     real_base: BaseModelInfo,
     tmp_path_factory: pytest.TempPathFactory,
     foreign_lora_dir: Path,
     other_base_dir: Path,
-) -> Iterator[tuple[TestClient, Registry, BaseModelInfo]]:
+) -> Iterator[World]:
     home = tmp_path_factory.mktemp("serve-home")
-    settings = Settings(home=home, base=str(real_base.path))
-    registry = Registry(settings.registry_url, home)
+    registry = Registry(Settings(home=home).registry_url, home)
     base = BaseModels(home / "bases").get(str(real_base.path))
     for seed, name in enumerate(("math", "sql"), start=1):
         source = _lora(base, tmp_path_factory.mktemp(name), seed)
         draft = ManifestDraft(routing_examples=requests(name, "train", 30))
         registry.publish(source, name, base, draft=draft)
     registry.routes.add_examples("base", NEGATIVES, "tests")
+    registry.publish(_prefix(base, tmp_path_factory.mktemp("notes")), "notes", base)
     other = BaseModels(home / "bases").get(str(other_base_dir))
     registry.publish(foreign_lora_dir, "foreign", other)
-    with TestClient(create_app(settings)) as client:
-        yield client, registry, base
+    yield World(home, registry, base)
     registry.close()
 
 
 @pytest.fixture(scope="module")
-def client(served: tuple[TestClient, Registry, BaseModelInfo]) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=served[0])
+def servers(world: World) -> Iterator[Callable[[str], TestClient]]:
+    """A running app per engine, started on first use and shared by the module's tests."""
+    with ExitStack() as stack:
+        running: dict[str, TestClient] = {}
+
+        def server(engine: str) -> TestClient:
+            if engine not in running:
+                settings = Settings(
+                    home=world.home,
+                    base=str(world.base.path),
+                    engine=engine,
+                    max_lora_rank=16,
+                    max_loras=4,
+                )
+                running[engine] = stack.enter_context(TestClient(create_app(settings)))
+            return running[engine]
+
+        yield server
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def http(servers: Callable[[str], TestClient], engine: str) -> TestClient:
+    return servers(engine)
+
+
+@pytest.fixture
+def client(http: TestClient) -> openai.OpenAI:
+    return openai_client(http)
+
+
+def openai_client(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
 
 
 def chat(client: openai.OpenAI, model: str, text: str, **kwargs: Any) -> Any:
@@ -90,9 +166,7 @@ def chat(client: openai.OpenAI, model: str, text: str, **kwargs: Any) -> Any:
     )
 
 
-def test_auto_routes_and_says_what_served(
-    client: openai.OpenAI, served: tuple[TestClient, Registry, BaseModelInfo]
-) -> None:
+def test_auto_routes_and_says_what_served(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="auto",
         messages=[{"role": "user", "content": requests("sql", "eval", 1)[0]}],
@@ -157,9 +231,8 @@ def test_concurrent_requests_for_different_adapters(client: openai.OpenAI) -> No
 
 
 def test_mix_models_health_and_metrics(
-    client: openai.OpenAI, served: tuple[TestClient, Registry, BaseModelInfo]
+    client: openai.OpenAI, http: TestClient, engine: str
 ) -> None:
-    http = served[0]
     mixed = client.chat.completions.create(
         model="auto",
         messages=[{"role": "user", "content": "hi"}],
@@ -176,6 +249,7 @@ def test_mix_models_health_and_metrics(
     ids = {m.id: m for m in client.models.list().data}
     assert {"auto", "base", "math", "math:1", "sql", "sql:1"} <= set(ids)
     assert "foreign" not in ids  # made for another base: not servable here
+    assert ("notes" in ids) == (engine == "hf")  # a prefix adapter: vLLM has none
     assert ids["math:1"].model_extra["root"] == ids["base"].model_extra["root"]
 
     assert http.get("/healthz").json() == {"status": "ok"}
@@ -185,9 +259,9 @@ def test_mix_models_health_and_metrics(
 
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
-    client: openai.OpenAI, served: tuple[TestClient, Registry, BaseModelInfo], tmp_path: Path
+    client: openai.OpenAI, http: TestClient, world: World, engine: str, tmp_path: Path
 ) -> None:
-    http, registry, base = served
+    registry, base = world.registry, world.base
     with pytest.raises(openai.NotFoundError, match="no adapter named 'legal'"):
         chat(client, "legal", "hi")
     with pytest.raises(openai.BadRequestError, match="invalid ref"):
@@ -209,14 +283,126 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     )
 
     # A corrupted adapter file: refused with a clear error, nothing else affected.
-    manifest = registry.publish(_lora(base, tmp_path / "broken", seed=9), "broken", base)
+    name = f"broken-{engine}"
+    manifest = registry.publish(_lora(base, tmp_path / "broken", seed=9), name, base)
     weights = manifest.files["adapter_model.safetensors"]
     path = registry.blobs.path(weights.sha256)
     path.chmod(0o644)
     path.write_bytes(b"corrupted")
     with pytest.raises(openai.UnprocessableEntityError, match="registry verify"):
-        chat(client, "broken", "hi")
+        chat(client, name, "hi")
     assert chat(client, "math", "hi").choices[0].message.content is not None
+
+
+def test_prefix_adapters_on_each_engine(client: openai.OpenAI, engine: str) -> None:
+    if engine == "hf":
+        answer = chat(client, "notes", "hi")
+        assert answer.model_extra["switchboard"]["served"]["ref"] == "notes:1"
+    else:
+        with pytest.raises(openai.BadRequestError, match="vLLM has no prefix adapters"):
+            chat(client, "notes", "hi")
+        assert chat(client, "math", "hi").choices[0].message.content is not None
+
+
+def test_a_version_published_while_serving_is_served_without_restart(
+    client: openai.OpenAI, world: World, engine: str, tmp_path: Path
+) -> None:
+    name = f"fresh-{engine}"
+    for version, seed in ((1, 21), (2, 22)):
+        source = _lora(world.base, tmp_path / str(version), seed, scale=0.5)
+        world.registry.publish(source, name, world.base)
+        info = chat(client, name, "Name a colour.").model_extra["switchboard"]
+        assert info["served"]["ref"] == f"{name}:{version}"
+        assert info["served"]["served_name"] == world.registry.resolve(name).served_name
+
+
+@pytest.mark.vllm
+def test_vllm_refuses_a_rank_above_its_limit(
+    servers: Callable[[str], TestClient], world: World, tmp_path: Path
+) -> None:
+    wide = _lora(world.base, tmp_path / "wide", 5, rank=32)
+    world.registry.publish(wide, "wide", world.base)
+    client = openai_client(servers("vllm"))
+    with pytest.raises(openai.BadRequestError, match="rank 32 is above this server's max_lora"):
+        chat(client, "wide", "hi")
+    assert chat(client, "math", "hi").choices[0].message.content is not None
+
+
+def greedy_with_margins(base: BaseModelInfo, adapter: Path, prompt: str, count: int) -> Any:
+    """PEFT's greedy tokens for a prompt and, per step, the gap between the top two logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), adapter)
+    encoded = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(
+            **encoded,
+            max_new_tokens=count,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    tokens = out.sequences[0, encoded["input_ids"].shape[1] :].tolist()
+    margins = [float(s[0].topk(2).values.diff().abs()) for s in out.scores]
+    end = tokens.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in tokens else count
+    return tokens[:end], margins[:end]
+
+
+@pytest.mark.vllm
+def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
+    servers: Callable[[str], TestClient], world: World, tmp_path: Path
+) -> None:
+    """fp32 on both engines. Tokens must agree up to the first step where PEFT's top two
+    logits are within 0.01 (beyond a near-tie, either answer is right)."""
+    from serving.mixture import build_mixture
+
+    for name, seed in (("strong-a", 31), ("strong-b", 32)):
+        source = _lora(world.base, tmp_path / name, seed, scale=0.5, rank=8, modules=MODULES)
+        world.registry.publish(source, name, world.base)
+    mixture = build_mixture(
+        world.registry, [("strong-a", 0.6), ("strong-b", 0.4)], world.base
+    ).version
+    hf, vllm = servers("hf"), servers("vllm")
+    compared, changed = 0, 0
+    for ref in ("strong-a", mixture.ref):
+        version = world.registry.resolve(ref)
+        for text in PROMPTS:
+            outputs = {}
+            for http in (hf, vllm):
+                service = http.app.state.service  # type: ignore[attr-defined]
+                prompt = service.engine.tokens.render_chat([{"role": "user", "content": text}])
+                request = service.prepare(prompt, version, SamplingParams(max_tokens=16))
+                outputs[service.engine.name] = list(
+                    http.portal.call(service.engine.submit, request).token_ids  # type: ignore[union-attr]
+                )
+                base_request = service.prepare(prompt, None, SamplingParams(max_tokens=16))
+                base_tokens = http.portal.call(service.engine.submit, base_request).token_ids  # type: ignore[union-attr]
+            _, path = world.registry.checkout(version.ref)
+            reference, margins = greedy_with_margins(world.base, path, prompt, 16)
+            safe = next((i for i, m in enumerate(margins) if m < 0.01), len(margins))
+            assert outputs["hf"][:safe] == reference[:safe], (ref, text)
+            assert outputs["vllm"][:safe] == reference[:safe], (ref, text)
+            compared += min(safe, len(reference))
+            changed += outputs["vllm"] != list(base_tokens)
+    assert compared >= 40  # most steps are not near-ties: the comparison has teeth
+    assert changed >= 3  # and the adapters do change the answers
+
+    # vLLM serves the mixture over HTTP too, named as a mix of the two.
+    answer = openai_client(vllm).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={
+            "switchboard": {
+                "mix": [{"ref": "strong-a", "weight": 0.6}, {"ref": "strong-b", "weight": 0.4}]
+            }
+        },
+    )
+    assert answer.model_extra["switchboard"]["served"]["ref"] == mixture.ref
 
 
 def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
@@ -235,5 +421,49 @@ def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
         )
         assert allowed.status_code == 429  # past the key check: the server is not ready
     assert http.get("/healthz").status_code == 200  # probes need no key
+    alias = "/v1/admin/adapters/math/aliases/prod"
+    for key, status in (("client-key", 403), ("admin-key", 429), ("wrong", 401)):
+        answer = http.put(alias, json={"version": 1}, headers={"authorization": f"Bearer {key}"})
+        assert answer.status_code == status, key
+    assert (
+        "admin key"
+        in http.put(
+            alias, json={"version": 1}, headers={"authorization": "Bearer client-key"}
+        ).json()["error"]["message"]
+    )
     open_app = TestClient(create_app(Settings(home=tmp_path)))
     assert open_app.post("/v1/chat/completions", json=body).status_code == 429
+    assert open_app.put(alias, json={"version": 1}).status_code == 429
+
+
+def test_admin_api_moves_aliases_and_route_examples(
+    servers: Callable[[str], TestClient], world: World, tmp_path: Path
+) -> None:
+    http = servers("hf")
+    client = openai_client(http)
+    source = _lora(world.base, tmp_path / "v2", 41)
+    world.registry.publish(source, "sql", world.base)  # sql:2, not yet live (sql:1 is prod)
+    world.registry.set_alias("sql", "prod", 1)
+    moved = http.put("/v1/admin/adapters/sql/aliases/canary", json={"version": 2})
+    assert moved.status_code == 200 and moved.json()["ref"] == "sql:2"
+    served = chat(client, "sql@canary", "hi").model_extra["switchboard"]["served"]
+    assert served["ref"] == "sql:2"
+    assert http.delete("/v1/admin/adapters/sql/aliases/canary").status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        chat(client, "sql@canary", "hi")
+    assert http.put("/v1/admin/adapters/sql/aliases/canary", json={"version": 9}).status_code == 404
+    bad = http.put("/v1/admin/adapters/sql/aliases/canary", json={"version": "two"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "version"
+
+    text = "Tell me about the weather on Mars today."
+    before = chat(client, "auto", text).model_extra["switchboard"]
+    target = "sql" if before["decision"] == "base" else "base"
+    added = http.post(f"/v1/admin/routes/{target}/examples", json={"examples": [text]})
+    assert added.json() == {"route": target, "added": 1}
+    after = chat(client, "auto", text).model_extra["switchboard"]
+    assert after["decision"] == ("adapter" if target == "sql" else "base"), after["scores"]
+    listed = http.get(f"/v1/admin/routes/{target}/examples").json()["examples"]
+    ids = [e["id"] for e in listed if e["text"] == text]
+    removed = http.delete(f"/v1/admin/routes/{target}/examples", params={"id": ids})
+    assert removed.json()["removed"] == 1
+    assert chat(client, "auto", text).model_extra["switchboard"]["decision"] == before["decision"]

@@ -1,0 +1,71 @@
+"""Registry changes over HTTP, for operators (admin key required once keys are configured):
+move and remove aliases (promote a version, roll back), add and remove routing examples.
+Publishing stays with the CLI and the Python API, which have the adapter files at hand."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.store import Registry
+from serving.auth import check_admin
+
+router = APIRouter(prefix="/v1/admin", dependencies=[Depends(check_admin)], tags=["admin"])
+
+
+class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+
+
+class ExamplesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    examples: list[str] = Field(min_length=1)
+    source: str = "api"
+
+
+def _registry(request: Request) -> Registry:
+    from serving.app import get_service
+
+    return get_service(request).registry
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+
+
+@router.put("/adapters/{name}/aliases/{alias}")
+async def set_alias(name: str, alias: str, body: AliasBody, registry: RegistryDep) -> Any:
+    version = await asyncio.to_thread(registry.set_alias, name, alias, body.version)
+    return version.to_json()
+
+
+@router.delete("/adapters/{name}/aliases/{alias}")
+async def remove_alias(name: str, alias: str, registry: RegistryDep) -> dict[str, Any]:
+    await asyncio.to_thread(registry.remove_alias, name, alias)
+    return {"name": name, "alias": alias, "removed": True}
+
+
+@router.post("/routes/{route}/examples")
+async def add_examples(route: str, body: ExamplesBody, registry: RegistryDep) -> dict[str, Any]:
+    added = await asyncio.to_thread(registry.routes.add_examples, route, body.examples, body.source)
+    return {"route": route, "added": added}
+
+
+@router.get("/routes/{route}/examples")
+async def list_examples(route: str, registry: RegistryDep) -> dict[str, Any]:
+    examples = await asyncio.to_thread(registry.routes.examples, route)
+    return {"route": route, "examples": [e.to_json() for e in examples]}
+
+
+@router.delete("/routes/{route}/examples")
+async def remove_examples(
+    route: str,
+    registry: RegistryDep,
+    ids: Annotated[list[int] | None, Query(alias="id")] = None,
+) -> dict[str, Any]:
+    """Remove the examples named by `?id=…` (repeatable), or all of the route's without."""
+    removed = await asyncio.to_thread(registry.routes.remove_examples, route, ids)
+    return {"route": route, "removed": removed}

@@ -1,0 +1,36 @@
+"""The base model's tokenizer, as both engines and the HTTP layer use it: chat rendering,
+prompt encoding (what the engines are fed, so both see the same ids) and decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Tokens:
+    def __init__(self, base_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(base_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def eos_id(self) -> int | None:
+        eos: int | None = self.tokenizer.eos_token_id
+        return eos
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        rendered: str = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return rendered
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text)["input_ids"]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
