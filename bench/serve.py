@@ -1,24 +1,33 @@
-"""Serving benchmark (so far: the transformers+PEFT engine and mixtures; the HTTP server and
-vLLM parts come with the server).
+"""Serving benchmark: engines, mixtures and the HTTP server, measured side by side.
 
-    python bench/serve.py [--part all|throughput|batching|mixture] [--prompts 32]
-                          [--tokens 64] [--json]
+    python bench/serve.py [--part all|throughput|mixture|http] [--engine both|hf|vllm]
+                          [--prompts 32] [--tokens 64] [--load-seconds 60] [--json]
 
-- throughput: output tokens/s for one batch of N prompts on the base alone, and the same
-  prompts spread over 8 distinct LoRA adapters (rank 16, all seven projections) in one
-  mixed batch. Target (issue 5): ratio >= 0.8 on CPU.
-- batching: the same 8-adapter load served as one mixed batch vs one adapter at a time
-  (8 batches in a row). Target: ratio >= 3.
+- throughput (per engine, through the engine interface the server uses, all requests
+  submitted at once): output tokens/s for N prompts on the base alone vs the same prompts
+  spread over 8 distinct LoRA adapters (rank 16, all seven projections). Targets (issue 5):
+  mixed / base >= 0.8 on CPU. transformers engine only: the 8-adapter load as one mixed
+  batch vs one adapter at a time (8 loads in a row), target >= 3.
 - mixture: build time of a 3-adapter mix (rank 16 each) on the real base; a cache hit.
-Real base (SmolLM2-135M-Instruct, fp32), greedy decoding; medians of --repeats runs.
+- http (one engine: the first of --engine; a real uvicorn server on a local port, the
+  official openai client):
+  routing overhead: p50 latency of model=auto vs naming the adapter it routes to (target
+  <= 5 % more); hot add: publish a version while serving -> first answer from it, against
+  the same request once warm (target: <= 2 s more); load: 64 concurrent streaming clients
+  for --load-seconds: errors, latency and time to first token p50/p99, tokens/s.
+Real base (SmolLM2-135M-Instruct), fp32 unless --dtype, greedy; medians of --repeats runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,82 +37,87 @@ import typer
 # Run as a script, this file's folder comes first on sys.path: keep the project's packages.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from registry import BaseModelInfo, BaseModels, Registry, Settings  # noqa: E402
-from serving.engine import AdapterSpec, GenerationRequest, SamplingParams  # noqa: E402
-from serving.hf_engine import HFEngine  # noqa: E402
+from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings  # noqa: E402
+from serving.app import build_engine, create_app  # noqa: E402
+from serving.engine import AdapterSpec, Engine, GenerationRequest, SamplingParams  # noqa: E402
 from serving.mixture import build_mixture  # noqa: E402
 from trainer.data import load_jsonl  # noqa: E402
 from trainer.demo_data import DOMAINS  # noqa: E402
+from trainer.loop import routing_sample  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_loras(base: BaseModelInfo, count: int, out: Path) -> list[AdapterSpec]:
+def make_lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    specs = []
-    for i in range(count):
-        torch.manual_seed(i)
-        model = AutoModelForCausalLM.from_pretrained(base.path)
-        config = LoraConfig(
-            r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False
-        )
-        peft_model = get_peft_model(model, config)
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:  # a small delta: answers stay fluent, lengths comparable
-                param.data *= 0.02
-        path = out / f"lora-{i}"
-        peft_model.save_pretrained(path)
-        specs.append(AdapterSpec(f"bench-{i}-v1", path, "lora"))
-    return specs
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # a small delta: answers stay fluent, lengths comparable
+            param.data *= 0.02
+    peft_model.save_pretrained(out)
+    return out
 
 
-def prompts(engine: HFEngine, count: int) -> list[str]:
-    requests = [
-        example.request
-        for domain in DOMAINS
-        for example in load_jsonl(DATA / domain / "eval.jsonl").examples[:count]
-    ]
-    return [
-        engine.tokens.render_chat([{"role": "user", "content": r[:400]}]) for r in requests[:count]
-    ]
+def requests_of(domain: str, split: str, count: int) -> list[str]:
+    rows = load_jsonl(DATA / domain / f"{split}.jsonl").examples
+    return [r[:400] for r in routing_sample(rows, count, seed=0)]
 
 
-def _timed(engine: HFEngine, batches: list[list[GenerationRequest]]) -> tuple[float, int]:
+def prompts(engine: Engine, count: int) -> list[str]:
+    texts = [t for domain in DOMAINS for t in requests_of(domain, "eval", count)][:count]
+    return [engine.tokens.render_chat([{"role": "user", "content": t}]) for t in texts]
+
+
+# ---- engines ------------------------------------------------------------------------------
+
+
+async def _timed(engine: Engine, loads: list[list[GenerationRequest]]) -> float:
+    """Output tokens/s over loads run one after another, each submitted all at once."""
     start = time.perf_counter()
-    tokens = sum(len(g.token_ids) for batch in batches for g in engine.generate(batch))
-    return time.perf_counter() - start, tokens
+    produced = 0
+    for load in loads:
+        done = await asyncio.gather(*(engine.submit(r) for r in load))
+        produced += sum(len(g.token_ids) for g in done)
+    return produced / (time.perf_counter() - start)
 
 
-def throughput_and_batching(
-    engine: HFEngine, loras: list[AdapterSpec], texts: list[str], tokens: int, repeats: int
+async def engine_throughput(
+    engine: Engine, loras: list[AdapterSpec], prompt_count: int, tokens: int, repeats: int
 ) -> dict[str, Any]:
-    params = SamplingParams(max_tokens=tokens)
-    base = [GenerationRequest(t, None, params) for t in texts]
-    mixed = [GenerationRequest(t, loras[i % len(loras)], params) for i, t in enumerate(texts)]
-    by_adapter = [[r for r in mixed if r.adapter == spec] for spec in loras]
-    engine.generate(mixed[: len(loras)])  # load every adapter once, outside the timings
-    runs: dict[str, list[float]] = {"base": [], "mixed": [], "one_at_a_time": []}
-    for _ in range(repeats):
-        for label, batches in (
-            ("base", [base]),
-            ("mixed", [mixed]),
-            ("one_at_a_time", by_adapter),
-        ):
-            seconds, produced = _timed(engine, batches)
-            runs[label].append(produced / seconds)
+    await engine.start()
+    try:
+        texts = prompts(engine, prompt_count)
+        params = SamplingParams(max_tokens=tokens)
+        base = [GenerationRequest(t, None, params) for t in texts]
+        mixed = [GenerationRequest(t, loras[i % len(loras)], params) for i, t in enumerate(texts)]
+        loads = {"base": [base], "mixed": [mixed]}
+        if engine.name == "hf":  # vLLM schedules continuously: "one at a time" is moot there
+            loads["one_at_a_time"] = [[r for r in mixed if r.adapter == s] for s in loras]
+        await _timed(engine, [mixed[: len(loras)]])  # load every adapter, outside the timings
+        runs: dict[str, list[float]] = {label: [] for label in loads}
+        for _ in range(repeats):
+            for label, load in loads.items():
+                runs[label].append(await _timed(engine, load))
+    finally:
+        await engine.stop()
     median = {k: statistics.median(v) for k, v in runs.items()}
-    return {
+    result: dict[str, Any] = {
         "prompts": len(texts),
         "max_tokens": tokens,
         "adapters": len(loras),
         "tokens_per_s": median,
         "mixed_vs_base": median["mixed"] / median["base"],
-        "mixed_vs_one_at_a_time": median["mixed"] / median["one_at_a_time"],
     }
+    if "one_at_a_time" in median:
+        result["mixed_vs_one_at_a_time"] = median["mixed"] / median["one_at_a_time"]
+    return result
 
 
 def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[str, Any]:
@@ -128,48 +142,265 @@ def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[s
     }
 
 
-def main(
-    part: Annotated[str, typer.Option(help="all, throughput, batching or mixture")] = "all",
-    prompt_count: Annotated[int, typer.Option("--prompts")] = 32,
-    tokens: Annotated[int, typer.Option()] = 64,
-    repeats: Annotated[int, typer.Option()] = 3,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    settings = Settings()
-    base, _ = BaseModels(settings.home_dir / "bases").pull(settings.base)
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        loras = make_loras(base, 8, Path(tmp))
-        if part in ("all", "throughput", "batching"):
-            engine = HFEngine(base.path)
-            texts = prompts(engine, prompt_count)
-            results["hf"] = throughput_and_batching(engine, loras, texts, tokens, repeats)
-        if part in ("all", "mixture"):
-            results["mixture"] = mixture(base, loras, Path(tmp) / "home")
-    if as_json:
-        print(json.dumps(results, indent=2))
-        return
-    if "hf" in results:
-        hf = results["hf"]
-        rates = hf["tokens_per_s"]
-        print(
-            f"transformers+PEFT, {hf['prompts']} prompts x {hf['max_tokens']} tokens, "
-            f"{hf['adapters']} LoRA adapters (rank 16, 7 projections), output tokens/s:"
+# ---- the HTTP server ----------------------------------------------------------------------
+
+
+class Server:
+    """The real app under uvicorn on a free local port, in a thread of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
         )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import httpx
+
+        self.thread.start()
+        url = f"http://127.0.0.1:{self.port}"
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return f"{url}/v1"
+            except httpx.TransportError:
+                pass
+            if not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.5)
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _ask(client: Any, model: str, text: str, tokens: int) -> tuple[float, Any]:
+    start = time.perf_counter()
+    answer = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        max_tokens=tokens,
+        temperature=0,
+    )
+    return time.perf_counter() - start, answer
+
+
+async def routing_overhead(client: Any, texts: list[str], adapter: str) -> dict[str, Any]:
+    """Same requests, interleaved: auto (routed to `adapter`) and `adapter` named."""
+    routed = []
+    for text in texts:
+        _, answer = await _ask(client, "auto", text, 1)
+        if answer.model_extra["switchboard"]["served"]["ref"].split(":")[0] == adapter:
+            routed.append(text)
+    times: dict[str, list[float]] = {"auto": [], "named": []}
+    for text in routed * 2:
+        for label, model in (("auto", "auto"), ("named", adapter)):
+            seconds, _ = await _ask(client, model, text, 16)
+            times[label].append(seconds)
+    auto, named = statistics.median(times["auto"]), statistics.median(times["named"])
+    return {
+        "requests": len(times["auto"]),
+        "auto_p50_s": auto,
+        "named_p50_s": named,
+        "overhead": auto / named - 1,
+    }
+
+
+async def hot_add(client: Any, registry: Registry, base: BaseModelInfo, source: Path) -> Any:
+    text = "Name three primary colours."
+    start = time.perf_counter()
+    version = await asyncio.to_thread(registry.publish, source, "fresh", base)
+    published = time.perf_counter() - start
+    first, answer = await _ask(client, "fresh", text, 16)
+    assert answer.model_extra["switchboard"]["served"]["ref"] == f"fresh:{version.version}"
+    warm = statistics.median([(await _ask(client, "fresh", text, 16))[0] for _ in range(3)])
+    return {
+        "publish_s": published,
+        "first_answer_s": first,
+        "warm_answer_s": warm,
+        "added_s": published + first - warm,
+    }
+
+
+async def load(client: Any, texts: list[str], seconds: float, clients: int) -> dict[str, Any]:
+    models = ["auto", "math", "sql", "science", "base"]
+    latencies: list[float] = []
+    first_tokens: list[float] = []
+    errors: list[str] = []
+    produced = 0
+    deadline = time.perf_counter() + seconds
+
+    async def user(index: int) -> None:
+        nonlocal produced
+        rng = random.Random(index)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            first = None
+            try:
+                stream = await client.chat.completions.create(
+                    model=rng.choice(models),
+                    messages=[{"role": "user", "content": rng.choice(texts)}],
+                    max_tokens=32,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async for event in stream:
+                    if first is None and event.choices and event.choices[0].delta.content:
+                        first = time.perf_counter() - start
+                    if event.usage is not None:
+                        produced += event.usage.completion_tokens
+            except Exception as exc:  # counted and reported: the point of a load test
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            latencies.append(time.perf_counter() - start)
+            if first is not None:
+                first_tokens.append(first)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "latency_p50_s": _p(latencies, 0.5) if latencies else None,
+        "latency_p99_s": _p(latencies, 0.99) if latencies else None,
+        "first_token_p50_s": _p(first_tokens, 0.5) if first_tokens else None,
+        "first_token_p99_s": _p(first_tokens, 0.99) if first_tokens else None,
+        "tokens_per_s": produced / elapsed,
+    }
+
+
+async def http_parts(
+    engine: str, base: BaseModelInfo, loras: list[AdapterSpec], home: Path, options: Any
+) -> dict[str, Any]:
+    from openai import AsyncOpenAI
+
+    registry = Registry(Settings(home=home).registry_url, home)
+    for spec, domain in zip(loras, ("math", "sql", "science"), strict=False):
+        draft = ManifestDraft(routing_examples=requests_of(domain, "train", 40))
+        registry.publish(spec.path, domain, base, draft=draft)
+    settings = Settings(
+        home=home, base=str(base.path), engine=engine, dtype=options["dtype"], max_lora_rank=16
+    )
+    texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
+    with Server(settings) as url:
+        client = AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+        result = {
+            "engine": engine,
+            "routing": await routing_overhead(client, requests_of("math", "eval", 10), "math"),
+            "hot_add": await hot_add(client, registry, base, loras[-1].path),
+            "load": await load(client, texts, options["load_seconds"], options["clients"]),
+        }
+        await client.close()
+    registry.close()
+    return result
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> None:
+    for engine in ("hf", "vllm"):
+        if engine not in results:
+            continue
+        r = results[engine]
+        rates = r["tokens_per_s"]
         print(
-            f"  base alone {rates['base']:.1f} | 8 adapters, one mixed batch {rates['mixed']:.1f}"
-            f" | one adapter at a time {rates['one_at_a_time']:.1f}"
+            f"{engine}: {r['prompts']} prompts x {r['max_tokens']} tokens, {r['adapters']} LoRA "
+            f"adapters (rank 16, 7 projections), output tokens/s: base alone {rates['base']:.1f}"
+            f" | 8 adapters mixed {rates['mixed']:.1f}"
+            + (
+                f" | one adapter at a time {rates['one_at_a_time']:.1f}"
+                if "one_at_a_time" in rates
+                else ""
+            )
         )
-        print(
-            f"  mixed / base = {hf['mixed_vs_base']:.2f} (target >= 0.8); "
-            f"mixed / one at a time = {hf['mixed_vs_one_at_a_time']:.2f} (target >= 3)"
-        )
+        line = f"  mixed / base = {r['mixed_vs_base']:.2f} (target >= 0.8)"
+        if "mixed_vs_one_at_a_time" in r:
+            line += f"; mixed / one at a time = {r['mixed_vs_one_at_a_time']:.2f} (target >= 3)"
+        print(line)
     if "mixture" in results:
         mix = results["mixture"]
         print(
             f"mixture of 3 rank-16 LoRAs: build {mix['build_s_median']:.2f} s, "
             f"cache hit {mix['cache_hit_ms_median']:.2f} ms"
         )
+    if "http" in results:
+        h = results["http"]
+        routing, hot, run = h["routing"], h["hot_add"], h["load"]
+        print(f"HTTP server, {h['engine']} engine:")
+        print(
+            f"  routing overhead: auto p50 {routing['auto_p50_s'] * 1e3:.0f} ms vs named "
+            f"{routing['named_p50_s'] * 1e3:.0f} ms over {routing['requests']} requests each: "
+            f"{routing['overhead'] * 100:+.1f} % (target <= 5 %)"
+        )
+        print(
+            f"  hot add: publish {hot['publish_s']:.2f} s, first answer {hot['first_answer_s']:.2f}"
+            f" s, warm answer {hot['warm_answer_s']:.2f} s: {hot['added_s']:.2f} s added "
+            "(target <= 2 s)"
+        )
+        print(
+            f"  load: {run['clients']} streaming clients for {run['seconds']:.0f} s: "
+            f"{run['requests']} requests, {run['errors']} errors, latency p50 "
+            f"{run['latency_p50_s']:.2f} s p99 {run['latency_p99_s']:.2f} s, first token p50 "
+            f"{run['first_token_p50_s']:.2f} s p99 {run['first_token_p99_s']:.2f} s, "
+            f"{run['tokens_per_s']:.1f} tokens/s"
+        )
+
+
+def main(
+    part: Annotated[str, typer.Option(help="all, throughput, mixture or http")] = "all",
+    engine: Annotated[str, typer.Option(help="both, hf or vllm")] = "both",
+    prompt_count: Annotated[int, typer.Option("--prompts")] = 32,
+    tokens: Annotated[int, typer.Option()] = 64,
+    repeats: Annotated[int, typer.Option()] = 3,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
+    load_seconds: Annotated[float, typer.Option()] = 60.0,
+    clients: Annotated[int, typer.Option()] = 64,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    settings = Settings()
+    base, _ = BaseModels(settings.home_dir / "bases").pull(settings.base)
+    engines = ["hf", "vllm"] if engine == "both" else [engine]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        loras = [
+            AdapterSpec(f"bench-{i}-v1", make_lora(base, Path(tmp) / f"lora-{i}", i), "lora")
+            for i in range(8)
+        ]
+        if part in ("all", "throughput"):
+            for name in engines:
+                engine_settings = Settings(engine=name, dtype=dtype, max_lora_rank=16)
+                built = build_engine(engine_settings, base.path)
+                results[name] = asyncio.run(
+                    engine_throughput(built, loras, prompt_count, tokens, repeats)
+                )
+        if part in ("all", "mixture"):
+            results["mixture"] = mixture(base, loras, Path(tmp) / "mix-home")
+        if part in ("all", "http"):
+            options = {"dtype": dtype, "load_seconds": load_seconds, "clients": clients}
+            results["http"] = asyncio.run(
+                http_parts(engines[0], base, loras, Path(tmp) / "http-home", options)
+            )
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        report(results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import random
 import shutil
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -47,6 +48,7 @@ from registry.tensors import sha256_file
 log = logging.getLogger(__name__)
 
 _PUBLISH_ATTEMPTS = 30
+_CHECKOUT_ATTEMPTS = 5
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _TOOLS = ("switchboard", "peft", "transformers", "torch")
 
@@ -112,6 +114,13 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _verified(directory: Path, files: dict[str, FileEntry]) -> bool:
+    try:
+        return all(sha256_file(directory / p) == e.sha256 for p, e in files.items())
+    except OSError:  # missing, or being replaced right now
+        return False
 
 
 def content_digest(files: dict[str, FileEntry]) -> str:
@@ -539,20 +548,30 @@ class Registry:
         info = self.resolve(ref)
         target = self.home / "checkouts" / info.served_name
         files = self._files(info)
-        if target.is_dir() and all(
-            (target / p).is_file() and sha256_file(target / p) == e.sha256 for p, e in files.items()
-        ):
-            return info, target
-        staging = target.with_name(f".{target.name}.{time.monotonic_ns()}")
-        try:
-            self._materialise(info, files, staging)
-            shutil.rmtree(target, ignore_errors=True)
-            # Another process may have checked it out at the same moment: theirs is as good.
-            with contextlib.suppress(OSError):
-                staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return info, target
+        # Concurrent checkouts (threads of a server, other processes) must never remove a good
+        # directory under a reader: a directory is replaced only when it fails verification,
+        # and then by renames, so a reader sees the old files, the new ones, or none (retry).
+        for _ in range(_CHECKOUT_ATTEMPTS):
+            if _verified(target, files):
+                return info, target
+            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            try:
+                self._materialise(info, files, staging)
+                try:
+                    staging.rename(target)
+                    return info, target
+                except OSError:  # a directory is there: someone else's, or a damaged one
+                    if _verified(target, files):
+                        return info, target
+                    damaged = Path(f"{staging}.damaged")
+                    with contextlib.suppress(OSError):
+                        target.rename(damaged)
+                    shutil.rmtree(damaged, ignore_errors=True)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        raise SwitchboardError(
+            ErrorCode.CONFLICT, f"could not check out {info.ref}: its directory kept changing"
+        )
 
     def export(self, ref: str | AdapterRef, dest: Path) -> Manifest:
         """Write a version's PEFT files and its manifest to `dest` (new or empty)."""

@@ -227,8 +227,9 @@ async def _respond(
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     started = time.perf_counter()
     if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
         stream = _stream(
-            service, generation_request, served, body.model, ident, chat, metrics, started
+            service, generation_request, served, body.model, ident, chat, metrics, started, usage
         )
         return StreamingResponse(stream, media_type="text/event-stream", headers=header)
     generation = await service.generate(generation_request)
@@ -287,6 +288,7 @@ async def _stream(
     chat: bool,
     metrics: Metrics,
     started: float,
+    usage: bool,
 ) -> AsyncIterator[str]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     task = asyncio.ensure_future(service.generate(generation_request, queue.put_nowait))
@@ -337,6 +339,9 @@ async def _stream(
         yield chunk(generation.text[len(sent) :], None)
     metrics.observe(served, time.perf_counter() - started, generation)
     yield chunk(None, generation.finish_reason)
+    if usage:
+        final = {"id": ident, "object": kind, "created": created, "model": model, "choices": []}
+        yield f"data: {json.dumps(final | {'usage': _usage(generation)})}\n\n"
     yield "data: [DONE]\n\n"
 
 

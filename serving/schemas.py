@@ -20,6 +20,10 @@ class SwitchboardOptions(BaseModel):
     mix: list[MixPart] = Field(default_factory=list, min_length=1)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # a last chunk with `usage` and no choices
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI fields we do not use are accepted
 
@@ -28,6 +32,7 @@ class _Sampling(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: Literal[1] = 1
     stream: bool = False
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     switchboard: SwitchboardOptions | None = None

@@ -308,6 +308,37 @@ def test_verify_and_checkout_refuse_corrupted_or_missing_files(
     assert registry.checkout("styled")[1].is_dir()  # other versions keep serving
 
 
+def test_concurrent_checkouts_all_get_whole_verified_files(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path
+) -> None:
+    """A server's first requests for a new version check it out at once, from threads; a
+    damaged checkout is replaced under them. No caller may see a half-built directory."""
+    import threading
+
+    from registry.tensors import sha256_file
+
+    manifest = registry.publish(lora_dir, "legal", tiny_base)
+    expected = manifest.files["adapter_model.safetensors"].sha256
+    for round_ in range(3):
+        if round_ == 1:  # a damaged checkout: replaced, never handed out
+            path = registry.checkout("legal")[1] / "adapter_model.safetensors"
+            path.write_bytes(b"damaged")
+        barrier = threading.Barrier(12)
+        seen: list[str] = []
+
+        def check_out() -> None:
+            barrier.wait()
+            _, path = registry.checkout("legal")
+            seen.append(sha256_file(path / "adapter_model.safetensors"))
+
+        threads = [threading.Thread(target=check_out) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen == [expected] * 12, round_
+
+
 def test_list_versions_of_unknown_adapter(registry: Registry) -> None:
     with _error(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
         registry.list_versions("nope")

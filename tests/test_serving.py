@@ -195,15 +195,21 @@ def test_auto_routes_and_says_what_served(client: openai.OpenAI) -> None:
 def test_streaming_gives_the_same_text_as_one_answer(client: openai.OpenAI) -> None:
     prompt = "Name three primary colours."
     whole = chat(client, "math", prompt, max_tokens=24).choices[0].message.content
-    stream = chat(client, "math", prompt, max_tokens=24, stream=True)
-    pieces, finish, first = [], None, None
+    stream = chat(
+        client, "math", prompt, max_tokens=24, stream=True, stream_options={"include_usage": True}
+    )
+    pieces, finish, first, usage = [], None, None, None
     for event in stream:
         first = first or event.model_extra.get("switchboard")
+        usage = event.usage or usage
+        if not event.choices:  # the usage chunk
+            continue
         delta = event.choices[0].delta.content
         if delta:
             pieces.append(delta)
         finish = event.choices[0].finish_reason or finish
     assert "".join(pieces) == whole and finish in ("stop", "length")
+    assert usage is not None and 0 < usage.completion_tokens <= 24
     assert first is not None and first["served"]["ref"] == "math:1"
 
     completion = client.completions.create(
