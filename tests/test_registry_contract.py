@@ -326,7 +326,7 @@ def test_concurrent_checkouts_all_get_whole_verified_files(
         barrier = threading.Barrier(12)
         seen: list[str] = []
 
-        def check_out() -> None:
+        def check_out(barrier: threading.Barrier = barrier, seen: list[str] = seen) -> None:
             barrier.wait()
             _, path = registry.checkout("legal")
             seen.append(sha256_file(path / "adapter_model.safetensors"))
