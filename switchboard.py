@@ -13,6 +13,7 @@ import typer
 
 from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
+from registry.experiment_cli import experiment_app
 from router.cli import route_app
 from serving.cli import serve
 from trainer.cli import data_app, train
@@ -26,6 +27,7 @@ app.add_typer(base_app, name="base")
 app.add_typer(registry_app, name="registry")
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
+app.add_typer(experiment_app, name="experiment")
 app.command("train")(train)
 app.command("serve")(serve)
 

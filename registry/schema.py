@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -106,3 +107,55 @@ class RouteThresholdRow(Base):
     threshold: Mapped[float] = mapped_column(Float)
     examples: Mapped[int] = mapped_column(Integer)
     calibrated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExperimentRow(Base):
+    """An A/B test of an adapter's versions: while `stopped_at` is null, requests that
+    resolve to `adapter` are split between its arms."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    adapter: Mapped[str] = mapped_column(String(63), index=True)
+    key_header: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(255))  # "stopped", "promoted legal:4"
+
+
+class ArmRow(Base):
+    __tablename__ = "experiment_arms"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(100))  # "legal:3", or "base"
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
+    share: Mapped[float] = mapped_column(Float)
+
+
+class ExposureRow(Base):
+    """One response served by an experiment's arm: what feedback is tied to."""
+
+    __tablename__ = "experiment_exposures"
+
+    response_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    latency_s: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    response_id: Mapped[str] = mapped_column(
+        ForeignKey("experiment_exposures.response_id"), index=True
+    )
+    thumbs_up: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -26,10 +26,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from registry.adapter_dir import inspect_adapter
+from registry.aliases import point_alias
 from registry.bases import BaseModelInfo
 from registry.blobs import BlobStore
 from registry.db import as_utc, open_engine, writer
 from registry.errors import ErrorCode, SwitchboardError, not_found
+from registry.experiments import ExperimentStore
 from registry.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -227,6 +229,7 @@ class Registry:
         self._engine: Engine = open_engine(database_url)
         self._writer: Engine = writer(self._engine)
         self.routes = RouteStore(self._engine, self._writer)
+        self.experiments = ExperimentStore(self._engine, self._writer, self)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -433,20 +436,7 @@ class Registry:
             try:
                 with Session(self._writer) as session, session.begin():
                     row = self._row(session, target)
-                    existing = session.get(AliasRow, (row.adapter_id, alias), with_for_update=True)
-                    now = datetime.now(UTC)
-                    if existing is None:
-                        session.add(
-                            AliasRow(
-                                adapter_id=row.adapter_id,
-                                alias=alias,
-                                version_id=row.id,
-                                updated_at=now,
-                            )
-                        )
-                    else:
-                        existing.version_id = row.id
-                        existing.updated_at = now
+                    point_alias(session, row.adapter_id, alias, row.id)
                 break
             except IntegrityError:  # the same alias created concurrently: update it instead
                 if attempt == _PUBLISH_ATTEMPTS - 1:

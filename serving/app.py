@@ -29,7 +29,7 @@ from serving import admin
 from serving.auth import check_key
 from serving.engine import Engine, Generation, SamplingParams
 from serving.metrics import Metrics
-from serving.schemas import ChatCompletionRequest, CompletionRequest
+from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from serving.service import Served, Service
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,9 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     @app.post("/v1/chat/completions", dependencies=KeyDep)
     async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
         messages = [m.model_dump() for m in body.messages]
-        served = await asyncio.to_thread(service.resolve, body.model, messages, _mix(body))
+        served = await asyncio.to_thread(
+            service.resolve, body.model, messages, _mix(body), request.headers
+        )
         limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
         prompt = service.engine.tokens.render_chat(messages)
         return await _respond(request, service, body, served, prompt, limit, chat=True)
@@ -142,10 +144,23 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     async def completions(
         body: CompletionRequest, service: ServiceDep, request: Request
     ) -> Response:
-        served = await asyncio.to_thread(service.resolve, body.model, body.prompt, _mix(body))
+        served = await asyncio.to_thread(
+            service.resolve, body.model, body.prompt, _mix(body), request.headers
+        )
         return await _respond(
             request, service, body, served, body.prompt, body.token_limit, chat=False
         )
+
+    @app.post("/v1/feedback", dependencies=KeyDep)
+    async def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
+        experiment = await asyncio.to_thread(
+            service.registry.experiments.feedback,
+            body.id,
+            thumbs_up=None if body.thumbs is None else body.thumbs == "up",
+            score=body.score,
+            label=body.label,
+        )
+        return {"id": body.id, "experiment": experiment, "recorded": True}
 
     return app
 
@@ -233,18 +248,37 @@ async def _respond(
         )
         return StreamingResponse(stream, media_type="text/event-stream", headers=header)
     generation = await service.generate(generation_request)
-    metrics.observe(served, time.perf_counter() - started, generation)
+    await _observe(service, metrics, served, ident, time.perf_counter() - started, generation)
     return JSONResponse(_body(ident, body.model, served, generation, chat), headers=header)
+
+
+async def _observe(
+    service: Service,
+    metrics: Metrics,
+    served: Served,
+    ident: str,
+    seconds: float,
+    generation: Generation,
+) -> None:
+    """Metrics for every answer; a durable record for answers served by an experiment's arm
+    (what feedback is tied to)."""
+    metrics.observe(served, seconds, generation)
+    if served.experiment is not None and served.arm is not None:
+        await asyncio.to_thread(
+            service.registry.experiments.record,
+            ident,
+            served.experiment,
+            served.arm,
+            seconds,
+            generation.prompt_tokens,
+            len(generation.token_ids),
+        )
 
 
 def _route_header(served: Served) -> dict[str, Any]:
     data = served.to_json()
-    return {
-        "decision": data["decision"],
-        "served": data["served"],
-        "adapters": data["adapters"],
-        "scores": data["scores"],
-    }
+    keys = ("decision", "served", "adapters", "scores", "experiment")
+    return {key: data[key] for key in keys if key in data}
 
 
 def _usage(generation: Generation) -> dict[str, int]:
@@ -337,7 +371,7 @@ async def _stream(
     generation = await task
     if len(generation.text) > len(sent) and generation.text.startswith(sent):
         yield chunk(generation.text[len(sent) :], None)
-    metrics.observe(served, time.perf_counter() - started, generation)
+    await _observe(service, metrics, served, ident, time.perf_counter() - started, generation)
     yield chunk(None, generation.finish_reason)
     if usage:
         final = {"id": ident, "object": kind, "created": created, "model": model, "choices": []}

@@ -66,3 +66,14 @@ class CompletionRequest(_Sampling):
     @property
     def token_limit(self) -> int:
         return self.max_tokens
+
+
+class FeedbackRequest(BaseModel):
+    """Feedback on one response (its `id`), tying an outcome to the experiment arm that
+    served it: a thumbs up or down, and/or a score in [0, 1], and an optional label."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64)
+    thumbs: Literal["up", "down"] | None = None
+    score: float | None = None  # range checked by the store, with the other rules
+    label: str | None = Field(default=None, max_length=255)

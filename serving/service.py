@@ -4,10 +4,14 @@ engine can load, and from a prompt to a generation through the engine."""
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
+from registry.experiments import Arm, Experiment
 from registry.store import Registry, VersionInfo
 from router.decision import Choice, Decision
 from router.router import Router
@@ -24,6 +28,8 @@ from serving.mixture import build_mixture
 
 log = logging.getLogger(__name__)
 
+EXPERIMENTS_REFRESH_S = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Served:
@@ -32,6 +38,8 @@ class Served:
 
     decision: Decision
     version: VersionInfo | None
+    experiment: Experiment | None = None
+    arm: Arm | None = None
 
     def to_json(self) -> dict[str, object]:
         data = self.decision.to_json()
@@ -40,6 +48,8 @@ class Served:
             if self.version
             else {"ref": "base", "served_name": None}
         )
+        if self.experiment is not None and self.arm is not None:
+            data["experiment"] = {"name": self.experiment.name, "arm": self.arm.ref}
         return data
 
 
@@ -50,9 +60,17 @@ class Service:
     engine: Engine
     base: BaseModelInfo
     _specs: dict[str, AdapterSpec] = field(default_factory=dict)
+    _experiments: dict[str, Experiment] = field(default_factory=dict)  # by adapter name
+    _experiments_read: float = -math.inf
+    _arms: dict[tuple[int, int], VersionInfo] = field(default_factory=dict)
+    _out_of_rotation: dict[int, frozenset[int]] = field(default_factory=dict)
 
     def resolve(
-        self, model: str, request: str | list[dict[str, str]], mix: list[tuple[str, float]]
+        self,
+        model: str,
+        request: str | list[dict[str, str]],
+        mix: list[tuple[str, float]],
+        headers: Mapping[str, str] | None = None,
     ) -> Served:
         if mix:
             decision = Decision(
@@ -70,7 +88,45 @@ class Service:
             return Served(decision, build_mixture(self.registry, parts, self.base).version)
         version = decision.choices[0].version
         assert version is not None  # registry routes always name versions
+        if model in ("auto", version.name):  # a pinned version or alias is not split
+            experiment = self._running().get(version.name)
+            if experiment is not None:
+                return self._split(decision, experiment, headers or {})
         return Served(decision, version)
+
+    def _running(self) -> dict[str, Experiment]:
+        """Running experiments, re-read at most once a second (every replica sees a change
+        within that; arms' versions are re-resolved with it, so a deleted one drops out)."""
+        now = time.monotonic()
+        if now - self._experiments_read > EXPERIMENTS_REFRESH_S:
+            self._experiments = self.registry.experiments.running()
+            self._experiments_read = now
+            self._arms.clear()
+        return self._experiments
+
+    def _split(
+        self, decision: Decision, experiment: Experiment, headers: Mapping[str, str]
+    ) -> Served:
+        key = headers.get(experiment.key_header) if experiment.key_header else None
+        while True:
+            excluded = self._out_of_rotation.get(experiment.id, frozenset())
+            arm = experiment.assign(key, excluded)
+            if arm is None:  # every arm is out: the adapter's live version serves
+                return Served(decision, decision.choices[0].version)
+            if arm.is_base:
+                return Served(decision, None, experiment, arm)
+            try:
+                version = self._arms.get((experiment.id, arm.position))
+                if version is None:
+                    version = self.registry.resolve(arm.ref)
+                    self.adapter(version)  # verified, and servable by this engine
+                    self._arms[(experiment.id, arm.position)] = version
+                return Served(decision, version, experiment, arm)
+            except SwitchboardError as exc:
+                log.error(
+                    "experiment %s: arm %s leaves rotation: %s", experiment.name, arm.ref, exc
+                )
+                self._out_of_rotation[experiment.id] = excluded | {arm.position}
 
     def adapter(self, version: VersionInfo | None) -> AdapterSpec | None:
         """The engine's view of a version: files verified once, on first use."""

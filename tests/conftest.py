@@ -51,10 +51,21 @@ def _make_tiny_base(path: Path, hidden: int, seed: int) -> None:
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def make_adapter(
-    base_dir: Path, out: Path, method: str = "lora", seed: int = 0, rank: int = 4
+    base_dir: Path,
+    out: Path,
+    method: str = "lora",
+    seed: int = 0,
+    rank: int = 4,
+    *,
+    modules: tuple[str, ...] = PROJECTIONS,
+    scale: float = 1.0,
 ) -> Path:
-    """A real PEFT adapter for `base_dir`, with non-zero weights, saved to `out`."""
+    """A real PEFT adapter for `base_dir`, with non-zero weights, saved to `out`. LoRA B is
+    random times `scale` (small scales keep a real base's answers fluent)."""
     import torch
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -65,20 +76,17 @@ def make_adapter(
         config = LoraConfig(
             r=rank,
             lora_alpha=2 * rank,
-            target_modules=[
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
+            target_modules=list(modules),
             init_lora_weights=False,  # random B: the adapter changes outputs
         )
     else:
         config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    get_peft_model(model, config).save_pretrained(out)
+    peft_model = get_peft_model(model, config)
+    if scale != 1.0:
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.data *= scale
+    peft_model.save_pretrained(out)
     return out
 
 

@@ -210,3 +210,59 @@ def test_route_commands_as_scripts_use_them(
     assert cli.json("route", "remove-examples", "math", "--all")["removed"] == 20
     error = cli.json("route", "", code=1)["error"]
     assert error["code"] == "invalid_input" and "empty" in error["message"]
+
+
+def test_experiment_commands(
+    cli: Cli, lora_dir: Path, lora_dir_2: Path, tmp_path: Path, home: Path
+) -> None:
+    from registry import Registry, Settings
+
+    base = ("--base", str(cli.base))
+    for source in (lora_dir, lora_dir_2):
+        cli.json("registry", "publish", str(source), "--name", "legal", *base)
+    arms = ("--arm", "legal:1=0.9", "--arm", "legal:2=0.1")
+    made = cli.json(
+        "experiment", "create", "trial", "--adapter", "legal", *arms, "--key", "header:X-User-Id"
+    )
+    assert made["arms"] == [{"ref": "legal:1", "share": 0.9}, {"ref": "legal:2", "share": 0.1}]
+    assert made["key"] == "header:x-user-id" and made["running"]
+    bad = cli.run(
+        "experiment",
+        "create",
+        "t2",
+        "--adapter",
+        "legal",
+        "--arm",
+        "legal:1",
+        "--arm",
+        "legal:2=1",
+        code=1,
+    )
+    assert "--arm must look like legal:3=0.9, not 'legal:1'" in bad.stderr
+    cli.run("experiment", "create", "t3", "--adapter", "legal", *arms, code=5)  # one at a time
+
+    registry = Registry(Settings(home=home).registry_url, home)
+    experiment = registry.experiments.get("trial")
+    for i in range(40):
+        arm = experiment.arms[i % 2]
+        registry.experiments.record(f"r{i}", experiment, arm, 0.1 + i / 100, 10, 5)
+        registry.experiments.feedback(f"r{i}", thumbs_up=(i % 2 == 1) or i % 5 == 0)
+    registry.close()
+
+    plot = tmp_path / "trial.png"
+    results = cli.json("experiment", "results", "trial", "--plot", str(plot))
+    assert [a["ref"] for a in results["arms"]] == ["legal:1", "legal:2"]
+    assert {"ref", "share", "requests", "feedback", "up_rate", "mean_score"} <= set(
+        results["arms"][0]
+    )
+    assert results["arms"][1]["up_rate"] == 1.0 and results["arms"][0]["requests"] == 20
+    assert results["verdict"].startswith("legal:2 better at p < 0.05")
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    human = cli.run("experiment", "results", "trial").stdout
+    assert "verdict: legal:2 better" in human
+
+    assert cli.json("experiment", "promote", "trial", "legal:2")["outcome"] == "promoted legal:2"
+    assert cli.json("registry", "show", "legal")["ref"] == "legal:2"
+    cli.run("experiment", "stop", "trial", code=5)  # already ended
+    cli.run("experiment", "results", "nope", code=3)
+    assert [e["name"] for e in cli.json("experiment", "list")] == ["trial"]

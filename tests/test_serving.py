@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import PROJECTIONS, make_adapter
 from fastapi.testclient import TestClient
 
 from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.slow
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colours.",
@@ -55,33 +55,7 @@ def _lora(
     rank: int = 4,
     modules: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base.path)
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=list(modules), init_lora_weights=False
-    )
-    peft_model = get_peft_model(model, config)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            param.data *= scale
-    peft_model.save_pretrained(out)
-    return out
-
-
-def _prefix(base: BaseModelInfo, out: Path) -> Path:
-    import torch
-    from peft import PrefixTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(base.path)
-    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
+    return make_adapter(base.path, out, "lora", seed, rank, modules=modules, scale=scale)
 
 
 @dataclass
@@ -108,7 +82,8 @@ def world(
         draft = ManifestDraft(routing_examples=requests(name, "train", 30))
         registry.publish(source, name, base, draft=draft)
     registry.routes.add_examples("base", NEGATIVES, "tests")
-    registry.publish(_prefix(base, tmp_path_factory.mktemp("notes")), "notes", base)
+    prefix = make_adapter(base.path, tmp_path_factory.mktemp("notes"), "prefix", seed=3)
+    registry.publish(prefix, "notes", base)
     other = BaseModels(home / "bases").get(str(other_base_dir))
     registry.publish(foreign_lora_dir, "foreign", other)
     yield World(home, registry, base)
@@ -366,7 +341,7 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
     from serving.mixture import build_mixture
 
     for name, seed in (("strong-a", 31), ("strong-b", 32)):
-        source = _lora(world.base, tmp_path / name, seed, scale=0.5, rank=8, modules=MODULES)
+        source = _lora(world.base, tmp_path / name, seed, scale=0.5, rank=8, modules=PROJECTIONS)
         world.registry.publish(source, name, world.base)
     mixture = build_mixture(
         world.registry, [("strong-a", 0.6), ("strong-b", 0.4)], world.base

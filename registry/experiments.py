@@ -1,0 +1,395 @@
+"""A/B tests of adapter versions, kept in the registry's database so every replica sees them.
+
+While an experiment runs, every request that resolves to its adapter (by name, or through
+routing) is given one of its arms: sticky per key when the request carries one (a hash of
+experiment and key, so a user keeps their arm across requests and replicas), uniform per
+request otherwise. Each response served by an arm is recorded (an *exposure*), and feedback
+is tied to exposures by response id. Promotion moves the `prod` alias and ends the
+experiment in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from registry.aliases import point_alias
+from registry.db import as_utc
+from registry.errors import ErrorCode, SwitchboardError
+from registry.refs import PROD_ALIAS, AdapterRef, validate_name
+from registry.schema import (
+    AdapterRow,
+    ArmRow,
+    ExperimentRow,
+    ExposureRow,
+    FeedbackRow,
+    VersionRow,
+)
+
+if TYPE_CHECKING:
+    from registry.store import Registry
+
+log = logging.getLogger(__name__)
+
+BASE_ARM = "base"
+SCORE_RANGE = (0.0, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    position: int
+    ref: str  # "legal:3" (a pinned version) or "base"
+    share: float
+
+    @property
+    def is_base(self) -> bool:
+        return self.ref == BASE_ARM
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    id: int
+    name: str
+    adapter: str
+    key_header: str | None
+    arms: tuple[Arm, ...]
+    started_at: datetime
+    stopped_at: datetime | None
+    outcome: str | None
+
+    @property
+    def running(self) -> bool:
+        return self.stopped_at is None
+
+    def assign(self, key: str | None, exclude: frozenset[int] = frozenset()) -> Arm | None:
+        """The arm for a request: sticky per key (a hash of experiment and key), uniform
+        without one. Arms in `exclude` (out of rotation) are skipped, shares renormalised."""
+        live = [arm for arm in self.arms if arm.position not in exclude]
+        if not live:
+            return None
+        if key is None:
+            point = random.random()
+        else:
+            digest = hashlib.sha256(f"{self.name}\0{key}".encode()).digest()
+            point = int.from_bytes(digest[:8], "big") / 2**64
+        total = sum(arm.share for arm in live)
+        cumulative = 0.0
+        for arm in live:
+            cumulative += arm.share / total
+            if point < cumulative:
+                return arm
+        return live[-1]  # rounding at the top end
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "adapter": self.adapter,
+            "key": f"header:{self.key_header}" if self.key_header else None,
+            "arms": [{"ref": a.ref, "share": a.share} for a in self.arms],
+            "started_at": self.started_at.isoformat(),
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "outcome": self.outcome,
+            "running": self.running,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    position: int
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    thumbs_up: tuple[bool, ...]
+    scores: tuple[float, ...]
+
+
+def parse_key(key: str | None) -> str | None:
+    """`header:X-User-Id` -> the header's name (lower case, as HTTP compares them)."""
+    if key is None:
+        return None
+    kind, _, header = key.partition(":")
+    if kind != "header" or not header.strip():
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT, f"--key must look like header:X-User-Id, not {key!r}"
+        )
+    return header.strip().lower()
+
+
+class ExperimentStore:
+    def __init__(self, engine: Engine, writer: Engine, registry: Registry) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._registry = registry
+
+    # ---- definition -----------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        adapter: str,
+        arms: Sequence[tuple[str, float]],
+        key: str | None = None,
+    ) -> Experiment:
+        validate_name(name, "experiment name")
+        validate_name(adapter)
+        key_header = parse_key(key)
+        self._check_shares(arms)
+        pinned: list[tuple[str, int | None, float]] = []
+        for ref, share in arms:
+            if ref == BASE_ARM:
+                pinned.append((BASE_ARM, None, share))
+                continue
+            if AdapterRef.parse(ref).name != adapter:
+                raise SwitchboardError(
+                    ErrorCode.INVALID_INPUT, f"arm {ref} is not a version of {adapter}"
+                )
+            version = self._registry.resolve(ref)
+            pinned.append((version.ref, None, share))
+        refs = [ref for ref, _, _ in pinned]
+        if len(set(refs)) != len(refs):
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"an arm appears twice: {refs}")
+        now = datetime.now(UTC)
+        try:
+            with Session(self._writer) as session, session.begin():
+                running = session.scalar(
+                    select(ExperimentRow.name).where(
+                        ExperimentRow.adapter == adapter, ExperimentRow.stopped_at.is_(None)
+                    )
+                )
+                if running is not None:
+                    raise SwitchboardError(
+                        ErrorCode.CONFLICT,
+                        f"experiment {running} already runs on {adapter}: stop it first",
+                    )
+                row = ExperimentRow(name=name, adapter=adapter, key_header=key_header)
+                row.started_at = now
+                session.add(row)
+                session.flush()
+                for position, (ref, _, share) in enumerate(pinned):
+                    session.add(
+                        ArmRow(
+                            experiment_id=row.id,
+                            position=position,
+                            ref=ref,
+                            version_id=None if ref == BASE_ARM else _version_id(session, ref),
+                            share=share,
+                        )
+                    )
+        except IntegrityError as exc:
+            raise SwitchboardError(
+                ErrorCode.ALREADY_EXISTS, f"an experiment named {name} exists"
+            ) from exc
+        log.info("experiment %s started on %s: %s", name, adapter, refs)
+        return self.get(name)
+
+    @staticmethod
+    def _check_shares(arms: Sequence[tuple[str, float]]) -> None:
+        if len(arms) < 2:
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, "an experiment needs two arms or more")
+        if any(not 0.0 < share <= 1.0 for _, share in arms):
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, "every share must be in (0, 1]")
+        total = math.fsum(share for _, share in arms)
+        if abs(total - 1.0) > 1e-6:
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"shares must sum to 1, not {total:g}")
+
+    def get(self, name: str) -> Experiment:
+        found = self._load(select(ExperimentRow).where(ExperimentRow.name == name))
+        if not found:
+            raise SwitchboardError(ErrorCode.NOT_FOUND, f"no experiment named {name!r}")
+        return found[0]
+
+    def list_experiments(self) -> list[Experiment]:
+        return self._load(select(ExperimentRow).order_by(ExperimentRow.id))
+
+    def running(self) -> dict[str, Experiment]:
+        """Running experiments by adapter name (at most one each)."""
+        query = select(ExperimentRow).where(ExperimentRow.stopped_at.is_(None))
+        return {e.adapter: e for e in self._load(query)}
+
+    def _load(self, query: Any) -> list[Experiment]:
+        with Session(self._engine) as session:
+            rows = session.scalars(query).all()
+            arms = session.scalars(
+                select(ArmRow)
+                .where(ArmRow.experiment_id.in_([r.id for r in rows]))
+                .order_by(ArmRow.experiment_id, ArmRow.position)
+            ).all()
+        by_experiment: dict[int, list[Arm]] = {}
+        for arm in arms:
+            by_experiment.setdefault(arm.experiment_id, []).append(
+                Arm(arm.position, arm.ref, arm.share)
+            )
+        return [
+            Experiment(
+                r.id,
+                r.name,
+                r.adapter,
+                r.key_header,
+                tuple(by_experiment.get(r.id, [])),
+                as_utc(r.started_at),
+                as_utc(r.stopped_at) if r.stopped_at else None,
+                r.outcome,
+            )
+            for r in rows
+        ]
+
+    def stop(self, name: str, outcome: str = "stopped") -> Experiment:
+        with Session(self._writer) as session, session.begin():
+            self._end(session, name, outcome)
+        return self.get(name)
+
+    def promote(self, name: str, ref: str) -> Experiment:
+        """Point the adapter's `prod` alias at an arm's version and end the experiment, in
+        one transaction: no request sees the new alias with the experiment still running."""
+        experiment = self.get(name)
+        if ref == BASE_ARM:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                "base is not a version to promote: stop the experiment to keep the base",
+            )
+        version = self._registry.resolve(ref)
+        arm_refs = [a.ref for a in experiment.arms if not a.is_base]
+        if version.ref not in arm_refs:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                f"{ref} ({version.ref}) is not an arm of {name}; arms: {', '.join(arm_refs)}",
+            )
+        with Session(self._writer) as session, session.begin():
+            self._end(session, name, f"promoted {version.ref}")
+            row = session.get(VersionRow, _version_id(session, version.ref))
+            assert row is not None
+            point_alias(session, row.adapter_id, PROD_ALIAS, row.id)
+        log.info("experiment %s: promoted %s to %s@prod", name, version.ref, experiment.adapter)
+        return self.get(name)
+
+    @staticmethod
+    def _end(session: Session, name: str, outcome: str) -> None:
+        ended = session.execute(
+            update(ExperimentRow)
+            .where(ExperimentRow.name == name, ExperimentRow.stopped_at.is_(None))
+            .values(stopped_at=datetime.now(UTC), outcome=outcome)
+        )
+        if getattr(ended, "rowcount", 0) != 1:
+            exists = session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
+            if exists is None:
+                raise SwitchboardError(ErrorCode.NOT_FOUND, f"no experiment named {name!r}")
+            raise SwitchboardError(ErrorCode.CONFLICT, f"experiment {name} has already ended")
+
+    # ---- records --------------------------------------------------------------------------
+
+    def record(
+        self,
+        response_id: str,
+        experiment: Experiment,
+        arm: Arm,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        with Session(self._writer) as session, session.begin():
+            session.add(
+                ExposureRow(
+                    response_id=response_id,
+                    experiment_id=experiment.id,
+                    position=arm.position,
+                    latency_s=latency_s,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+    def feedback(
+        self,
+        response_id: str,
+        *,
+        thumbs_up: bool | None = None,
+        score: float | None = None,
+        label: str | None = None,
+    ) -> str:
+        """Tie feedback to the response it is about; returns the experiment's name."""
+        if thumbs_up is None and score is None:
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, "give a thumbs up/down or a score")
+        low, high = SCORE_RANGE
+        if score is not None and not (low <= score <= high and math.isfinite(score)):
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"score must be between {low:g} and {high:g}"
+            )
+        with Session(self._writer) as session, session.begin():
+            experiment = session.scalar(
+                select(ExperimentRow.name)
+                .join(ExposureRow, ExposureRow.experiment_id == ExperimentRow.id)
+                .where(ExposureRow.response_id == response_id)
+            )
+            if experiment is None:
+                raise SwitchboardError(
+                    ErrorCode.NOT_FOUND,
+                    f"no response {response_id!r} served in an experiment",
+                )
+            session.add(
+                FeedbackRow(
+                    response_id=response_id,
+                    thumbs_up=thumbs_up,
+                    score=score,
+                    label=label,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        return experiment
+
+    def exposures(self, name: str) -> list[Exposure]:
+        experiment = self.get(name)
+        with Session(self._engine) as session:
+            rows = session.execute(
+                select(ExposureRow).where(ExposureRow.experiment_id == experiment.id)
+            ).scalars()
+            exposures = {r.response_id: r for r in rows}
+            feedback = session.execute(
+                select(FeedbackRow.response_id, FeedbackRow.thumbs_up, FeedbackRow.score)
+                .join(ExposureRow, ExposureRow.response_id == FeedbackRow.response_id)
+                .where(ExposureRow.experiment_id == experiment.id)
+            ).all()
+        thumbs: dict[str, list[bool]] = {}
+        scores: dict[str, list[float]] = {}
+        for response_id, up, score in feedback:
+            if up is not None:
+                thumbs.setdefault(response_id, []).append(bool(up))
+            if score is not None:
+                scores.setdefault(response_id, []).append(float(score))
+        return [
+            Exposure(
+                r.position,
+                r.latency_s,
+                r.prompt_tokens,
+                r.completion_tokens,
+                tuple(thumbs.get(rid, [])),
+                tuple(scores.get(rid, [])),
+            )
+            for rid, r in exposures.items()
+        ]
+
+
+def _version_id(session: Session, ref: str) -> int:
+    name, _, number = ref.partition(":")
+    version_id = session.scalar(
+        select(VersionRow.id)
+        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
+        .where(
+            AdapterRow.name == name,
+            VersionRow.version == int(number),
+            VersionRow.deleted_at.is_(None),
+        )
+    )
+    if version_id is None:
+        raise SwitchboardError(ErrorCode.NOT_FOUND, f"no live version {ref}")
+    return int(version_id)
