@@ -38,6 +38,7 @@ import typer
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings  # noqa: E402
+from registry.ab_stats import percentile  # noqa: E402
 from serving.app import build_engine, create_app  # noqa: E402
 from serving.engine import AdapterSpec, Engine, GenerationRequest, SamplingParams  # noqa: E402
 from serving.mixture import build_mixture  # noqa: E402
@@ -180,11 +181,6 @@ class Server:
         self.thread.join()
 
 
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def _ask(client: Any, model: str, text: str, tokens: int) -> tuple[float, Any]:
     start = time.perf_counter()
     answer = await client.chat.completions.create(
@@ -277,10 +273,10 @@ async def load(client: Any, texts: list[str], seconds: float, clients: int) -> d
         "requests": len(latencies),
         "errors": len(errors),
         "first_errors": errors[:3],
-        "latency_p50_s": _p(latencies, 0.5) if latencies else None,
-        "latency_p99_s": _p(latencies, 0.99) if latencies else None,
-        "first_token_p50_s": _p(first_tokens, 0.5) if first_tokens else None,
-        "first_token_p99_s": _p(first_tokens, 0.99) if first_tokens else None,
+        "latency_p50_s": percentile(latencies, 0.5),
+        "latency_p99_s": percentile(latencies, 0.99),
+        "first_token_p50_s": percentile(first_tokens, 0.5),
+        "first_token_p99_s": percentile(first_tokens, 0.99),
         "tokens_per_s": produced / elapsed,
     }
 

@@ -52,7 +52,8 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The sample at quantile `q` (nearest rank); None for no samples."""
     if not values:
         return None
     ordered = sorted(values)
@@ -81,8 +82,8 @@ def summarise(experiment: Experiment, exposures: list[Exposure]) -> dict[str, An
                 "scores": len(scores),
                 "mean_score": statistics.fmean(scores) if scores else None,
                 "mean_score_ci95": mean_interval(scores),
-                "latency_p50_s": _percentile(latencies, 0.5),
-                "latency_p99_s": _percentile(latencies, 0.99),
+                "latency_p50_s": percentile(latencies, 0.5),
+                "latency_p99_s": percentile(latencies, 0.99),
                 "prompt_tokens": sum(e.prompt_tokens for e in mine),
                 "completion_tokens": sum(e.completion_tokens for e in mine),
             }

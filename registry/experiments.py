@@ -144,18 +144,17 @@ class ExperimentStore:
         validate_name(adapter)
         key_header = parse_key(key)
         self._check_shares(arms)
-        pinned: list[tuple[str, int | None, float]] = []
+        pinned: list[tuple[str, float]] = []  # refs resolved to `name:N` now, once
         for ref, share in arms:
             if ref == BASE_ARM:
-                pinned.append((BASE_ARM, None, share))
+                pinned.append((BASE_ARM, share))
                 continue
             if AdapterRef.parse(ref).name != adapter:
                 raise SwitchboardError(
                     ErrorCode.INVALID_INPUT, f"arm {ref} is not a version of {adapter}"
                 )
-            version = self._registry.resolve(ref)
-            pinned.append((version.ref, None, share))
-        refs = [ref for ref, _, _ in pinned]
+            pinned.append((self._registry.resolve(ref).ref, share))
+        refs = [ref for ref, _ in pinned]
         if len(set(refs)) != len(refs):
             raise SwitchboardError(ErrorCode.INVALID_INPUT, f"an arm appears twice: {refs}")
         now = datetime.now(UTC)
@@ -175,7 +174,7 @@ class ExperimentStore:
                 row.started_at = now
                 session.add(row)
                 session.flush()
-                for position, (ref, _, share) in enumerate(pinned):
+                for position, (ref, share) in enumerate(pinned):
                     session.add(
                         ArmRow(
                             experiment_id=row.id,

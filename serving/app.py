@@ -30,7 +30,7 @@ from serving.auth import check_key
 from serving.engine import Engine, Generation, SamplingParams
 from serving.metrics import Metrics
 from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
-from serving.service import Served, Service
+from serving.service import Served, Service, unservable
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +192,7 @@ def model_list(service: Service) -> list[dict[str, Any]]:
     ]
     for summary in service.registry.list_adapters():
         for version in service.registry.list_versions(summary.name):
-            if version.base_fingerprint != service.base.fingerprint:
-                continue
-            if service.engine.refuses(version.method, version.rank) is not None:
+            if unservable(version, service.base, service.engine) is not None:
                 continue
             names = [version.ref] + [f"{version.name}@{a}" for a in version.aliases]
             if version.version == summary.aliases.get("prod", summary.latest):
@@ -391,8 +389,7 @@ def build_service(settings: Settings) -> Service:
     engine = build_engine(settings, base.path)
 
     def servable(version: VersionInfo) -> bool:
-        same_base = version.base_fingerprint == base.fingerprint
-        return same_base and engine.refuses(version.method, version.rank) is None
+        return unservable(version, base, engine) is None
 
     router = build_router(settings, RegistryRoutes(registry, accept=servable))
     return Service(registry, router, engine, base)

@@ -25,6 +25,7 @@ from serving.engine import (
     AdapterSpec,
     Generation,
     GenerationRequest,
+    TokenCallback,
     check_context,
     cut_at_stop,
 )
@@ -113,7 +114,7 @@ class HFEngine:
         await self._batcher.stop()
 
     async def submit(
-        self, request: GenerationRequest, on_token: Callable[[int], None] | None = None
+        self, request: GenerationRequest, on_token: TokenCallback | None = None
     ) -> Generation:
         return await self._batcher.submit(request, on_token)
 

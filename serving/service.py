@@ -53,6 +53,25 @@ class Served:
         return data
 
 
+def unservable(
+    version: VersionInfo, base: BaseModelInfo, engine: Engine
+) -> SwitchboardError | None:
+    """Why `engine`, serving `base`, cannot serve this version (None: it can). The one check
+    behind refusing a request, listing models and choosing routes."""
+    if version.base_fingerprint != base.fingerprint:
+        return SwitchboardError(
+            ErrorCode.INCOMPATIBLE_BASE,
+            f"{version.ref} was made for another base model than the one served ({base.id})",
+        )
+    reason = engine.refuses(version.method, version.rank)
+    if reason is not None:
+        return SwitchboardError(
+            ErrorCode.INVALID_ADAPTER,
+            f"{version.ref} cannot be served by the {engine.name} engine: {reason}",
+        )
+    return None
+
+
 @dataclass
 class Service:
     registry: Registry
@@ -132,18 +151,9 @@ class Service:
         """The engine's view of a version: files verified once, on first use."""
         if version is None:
             return None
-        if version.base_fingerprint != self.base.fingerprint:
-            raise SwitchboardError(
-                ErrorCode.INCOMPATIBLE_BASE,
-                f"{version.ref} was made for another base model than the one served "
-                f"({self.base.id})",
-            )
-        reason = self.engine.refuses(version.method, version.rank)
-        if reason is not None:
-            raise SwitchboardError(
-                ErrorCode.INVALID_ADAPTER,
-                f"{version.ref} cannot be served by the {self.engine.name} engine: {reason}",
-            )
+        refusal = unservable(version, self.base, self.engine)
+        if refusal is not None:
+            raise refusal
         spec = self._specs.get(version.served_name)
         if spec is None:
             _, path = self.registry.checkout(version.ref)
