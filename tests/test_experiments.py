@@ -239,7 +239,7 @@ def test_simulated_users_over_http_find_the_better_arm_and_survive_a_restart(
         unknown = http.post("/v1/feedback", json={"id": "cmpl-nope", "thumbs": "up"})
         assert unknown.status_code == 404 and "no response" in unknown.json()["error"]["message"]
         wrong = http.post("/v1/feedback", json={"id": "x", "score": 7})
-        assert wrong.status_code in (400, 404)
+        assert wrong.status_code == 400 and "between 0 and 1" in wrong.json()["error"]["message"]
         invalid = http.post("/v1/feedback", json={"id": "x", "thumbs": "sideways"})
         assert invalid.status_code == 400
     recorded_before = len(registry.experiments.exposures("math-v2"))
