@@ -15,7 +15,7 @@ from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
 from registry.experiment_cli import experiment_app
 from router.cli import route_app
-from serving.cli import serve
+from serving.cli import demo, serve
 from trainer.cli import data_app, train
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(route_app, name="route")
 app.add_typer(experiment_app, name="experiment")
 app.command("train")(train)
 app.command("serve")(serve)
+app.command("demo")(demo)
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
 EXIT_CODES = {

@@ -375,6 +375,15 @@ class Registry:
             aliases = conn.scalars(_ALIASES_OF, {"version_id": row.id}).all()
         return _to_info(row, tuple(aliases))
 
+    def find(self, ref: str | AdapterRef) -> VersionInfo | None:
+        """`resolve`, or None where the ref names no live version."""
+        try:
+            return self.resolve(ref)
+        except SwitchboardError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise
+
     def manifest(self, ref: str | AdapterRef) -> Manifest:
         info = self.resolve(ref)
         with self._engine.connect() as conn:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from registry.cli import settings_of
+from registry.cli import JsonFlag, emit, settings_of
 
 
 def serve(
@@ -35,3 +35,51 @@ def serve(
         settings.base = str(base)
     settings.engine = engine
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def demo(
+    ctx: typer.Context,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny budgets: minutes, not a quarter of an hour.")
+    ] = False,
+    engine: Annotated[
+        Literal["auto", "vllm", "hf"],
+        typer.Option(help="Serving engine; hf (transformers+PEFT) starts in seconds."),
+    ] = "hf",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Demo data folder (default: ./data, else built in the home)."),
+    ] = None,
+    ask: Annotated[
+        list[str] | None,
+        typer.Option(help="Send this request instead of the built-in set (repeatable)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """From nothing: pull the base, train + publish an adapter per demo domain (reused on later
+    runs), serve in process, send mixed requests with model=auto and show what served each."""
+    from rich.console import Console
+
+    from serving.demo import run_demo
+
+    settings = settings_of(ctx)
+    settings.engine = engine
+    console = Console(stderr=True)
+    report = run_demo(settings, quick=quick, data=data, questions=ask, say=console.print)
+    if as_json:
+        emit(report, True)
+        return
+    for row in report["rows"]:
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in list(row["scores"].items())[:3])
+        mark = "" if row["expected"] in ("?", row["route"].split(":")[0]) else "   (unexpected)"
+        typer.echo(f"[{row['expected']} -> {row['route']}]  {scores}{mark}")
+        typer.echo(f"  Q: {_cut(row['request'], 96)}")
+        typer.echo(f"  A: {_cut(row['answer'], 96)}")
+    if report["as_expected"] is not None:
+        typer.echo(f"{report['as_expected']} of {len(report['rows'])} went where expected")
+    typer.echo(f"demo took {report['seconds']:.0f} s; `switchboard serve` serves these adapters")
+
+
+def _cut(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -88,7 +88,6 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train one adapter on the frozen base; with --publish it becomes NAME's next version."""
-    from registry.errors import ErrorCode, SwitchboardError
     from registry.refs import validate_name
     from trainer.data import load_jsonl
     from trainer.loop import DEFAULT_TARGETS, TrainConfig, train_adapter
@@ -119,11 +118,8 @@ def train(
         log.info("no %s: the general-text loss is not measured", general_path)
     registry = open_registry(ctx) if publish else None
     if registry is not None and parent is None:
-        try:
-            parent = registry.resolve(name).ref
-        except SwitchboardError as exc:
-            if exc.code != ErrorCode.NOT_FOUND:
-                raise
+        current = registry.find(name)
+        parent = current.ref if current else None
     made_out = out is None
     if out is None:
         runs = settings.home_dir / "runs"

@@ -57,6 +57,10 @@ class Dataset:
     examples: tuple[Example, ...]
     problems: tuple[tuple[int, str], ...]  # (line, what is wrong), rows left out
 
+    def head(self, rows: int) -> Dataset:
+        """The first `rows` examples (the fingerprint follows: it covers the rows used)."""
+        return Dataset(self.path, self.format, self.examples[:rows], self.problems)
+
     @property
     def fingerprint(self) -> str:
         """sha256 over the normalised rows used: unchanged by formatting or bad rows."""

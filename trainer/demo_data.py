@@ -3,8 +3,12 @@
 math, sql, science and dialogue come from BIG-bench tasks, read with `tarfile` out of the
 `bigbench` sdist on PyPI (never installed: it pulls TensorFlow); code comes from the Python
 standard library (docstring -> function). General text (for measuring how an adapter moves
-general ability) comes from BIG-bench's XSum extract. Output: `<out>/<domain>/{train,eval}.jsonl`
-in chat format, `<out>/general/eval.jsonl` in text format, and `<out>/SOURCES.md`.
+general ability) comes from BIG-bench's XSum extract, and general-knowledge questions (scored by
+log-likelihood in the forgetting report) from BIG-bench's `general_knowledge`. Output:
+`<out>/<domain>/{train,eval}.jsonl` in chat format, `<out>/general/eval.jsonl` in text format,
+`<out>/general/knowledge.jsonl` (question, choices, answer index), `<out>/general/routes.jsonl`
+(general requests that the router's `base` route is given: answer them with the plain base) and
+`<out>/SOURCES.md`.
 """
 
 from __future__ import annotations
@@ -129,6 +133,38 @@ GENERAL = Source(
     "XSum BBC articles (Narayan et al., 2018), via BIG-bench `gem/xsum`",
     "XSum: released for research use by its authors",
 )
+KNOWLEDGE = Source(
+    "general",
+    "general_knowledge",
+    lambda row: {
+        "question": row["input"].strip(),
+        "choices": list(row["target_scores"]),
+        "answer": list(row["target_scores"].values()).index(1),
+    },
+    "general-knowledge questions written for BIG-bench `general_knowledge` (all 70)",
+    "BIG-bench: Apache-2.0",
+)
+# General requests from tasks the probes do not use: the `base` route's examples.
+BASE_ROUTE_TASKS = (
+    "hhh_alignment/helpful",
+    "hhh_alignment/harmless",
+    "hhh_alignment/honest",
+    "hhh_alignment/other",
+    "qa_wikidata",
+)
+BASE_ROUTE = Source(
+    "general",
+    "+".join(BASE_ROUTE_TASKS),
+    lambda row: {"name": "base", "text": general_request(row["input"])},
+    "requests of BIG-bench `hhh_alignment` (Askell et al., 2021) and `qa_wikidata`",
+    "BIG-bench: Apache-2.0",
+)
+
+
+def general_request(text: str) -> str:
+    """A general task's input as a user would send it (an hhh dialogue's human turn)."""
+    return " ".join(text.split("\n\nAssistant:")[0].split())
+
 
 # The stdlib parts that are tests, demos or vendored code, not library functions.
 _STDLIB_SKIP = re.compile(
@@ -215,7 +251,18 @@ def build(
             (t for t in texts if t and len(t["text"]) > 200), general, "switchboard-general"
         )
         _write_jsonl(out / "general" / "eval.jsonl", general_rows)
-        counts["general"] = {"eval": len(general_rows)}
+        questions = [KNOWLEDGE.convert(e) for e in _task_examples(archive, KNOWLEDGE.task)]
+        _write_jsonl(out / "general" / "knowledge.jsonl", [q for q in questions if q])
+        routes = []  # 50 assistant requests, 30 factual completions
+        for tasks, n in ((BASE_ROUTE_TASKS[:-1], 50), (BASE_ROUTE_TASKS[-1:], 30)):
+            made = (BASE_ROUTE.convert(e) for t in tasks for e in _task_examples(archive, t))
+            routes += _select((r for r in made if r and len(r["text"]) <= 300), n, "base-route")
+        _write_jsonl(out / "general" / "routes.jsonl", routes)
+        counts["general"] = {
+            "eval": len(general_rows),
+            "knowledge": len(questions),
+            "routes": len(routes),
+        }
     (out / "SOURCES.md").write_text(_sources_note(counts), encoding="utf-8")
     return counts
 
@@ -226,13 +273,19 @@ def _sources_note(counts: dict[str, dict[str, int]]) -> str:
         "",
         "Built by `switchboard data build` from BIG-bench (`" + BIGBENCH + "` sdist on PyPI; "
         "BIG-bench code is Apache-2.0, each task's data keeps its source's licence) and the "
-        "Python standard library. Rows are in chat format except `general/` (plain text).",
+        "Python standard library. Rows are in chat format except `general/`: plain text "
+        "(`eval.jsonl`), multiple-choice questions (`knowledge.jsonl`) and the router's "
+        "`base` route examples (`routes.jsonl`, the routes-file format).",
         "",
         "| folder | rows | source | licence |",
         "|---|---|---|---|",
     ]
-    for source in [*(SOURCES[d] for d in DOMAINS), GENERAL]:
-        rows = ", ".join(f"{k} {v}" for k, v in counts[source.domain].items())
+    files = {GENERAL.task: "eval", KNOWLEDGE.task: "knowledge", BASE_ROUTE.task: "routes"}
+    for source in [*(SOURCES[d] for d in DOMAINS), GENERAL, KNOWLEDGE, BASE_ROUTE]:
+        kinds = counts[source.domain].items()
+        if source.domain == "general":  # three files from different tasks
+            kinds = {files[source.task]: counts["general"][files[source.task]]}.items()
+        rows = ", ".join(f"{k} {v}" for k, v in kinds)
         lines.append(f"| `{source.domain}/` | {rows} | {source.origin} | {source.licence} |")
     lines += [
         "",

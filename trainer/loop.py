@@ -118,6 +118,12 @@ class Encoded:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with (masked out, so any id would do; the base's own if any)."""
+    pad: int = tokenizer.pad_token_id
+    return pad if pad is not None else int(tokenizer.eos_token_id)
+
+
 def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded | None:
     """Token ids and labels; the prompt part is masked. None if no answer token fits."""
     if example.is_chat:
@@ -183,12 +189,19 @@ def collate(items: Sequence[Encoded], pad_id: int, device: Any) -> dict[str, tor
 
 
 def batch_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over answer tokens, and how many there were.
+    """Summed cross-entropy over answer tokens, and how many there were."""
+    sums, counts = row_losses(model, batch)
+    return sums.sum(), int(counts.sum())
+
+
+def row_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed cross-entropy over its answer tokens, and how many there were.
 
     The LM head (vocabulary x hidden: a fifth of SmolLM2's compute, and a [batch, length,
     vocabulary] logits tensor) runs only on the positions that carry a label; the loss is
     the same as from full logits.
     """
+    import torch
     import torch.nn.functional as F
 
     targets = batch["labels"][:, 1:]
@@ -203,8 +216,10 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
         picked = head(hidden[:, :-1][keep])
-    loss = F.cross_entropy(picked.float(), targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+    losses = F.cross_entropy(picked.float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(len(targets), dtype=losses.dtype, device=losses.device)
+    return sums.index_add(0, rows, losses), keep.sum(dim=1)
 
 
 def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -223,22 +238,31 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
 
 def mean_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
     """Token-weighted mean loss, no gradients; NaN for an empty set."""
-    import torch
-
     if not encoded:
         return math.nan
+    rows = loss_per_row(model, encoded, batch_size, pad_id)
+    return sum(total for total, _ in rows) / max(sum(n for _, n in rows), 1)
+
+
+def loss_per_row(
+    model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: int
+) -> list[tuple[float, int]]:
+    """(summed loss, answer tokens) of each example, in order; no gradients."""
+    import torch
+
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     was_training = model.training
     model.eval()
     with torch.no_grad(), _autocast(device):
         for start in range(0, len(order), batch_size):
-            items = [encoded[i] for i in order[start : start + batch_size]]
-            loss, n = batch_loss(model, collate(items, pad_id, device))
-            total, count = total + float(loss), count + n
+            chosen = order[start : start + batch_size]
+            sums, counts = row_losses(model, collate([encoded[i] for i in chosen], pad_id, device))
+            for i, total, n in zip(chosen, sums.tolist(), counts.tolist(), strict=True):
+                out[i] = (total, n)
     model.train(was_training)
-    return total / max(count, 1)
+    return out
 
 
 def _autocast(device: Any) -> Any:
@@ -401,9 +425,7 @@ def _train(
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad = pad_id(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
 
@@ -429,8 +451,8 @@ def _train(
         raise SwitchboardError(ErrorCode.INVALID_INPUT, "no training example fits max_length")
 
     metrics: dict[str, float] = {}
-    metrics["eval_loss_before"] = mean_loss(model, eval_set, config.batch_size, pad_id)
-    metrics["general_loss_before"] = mean_loss(model, general_set, config.batch_size, pad_id)
+    metrics["eval_loss_before"] = mean_loss(model, eval_set, config.batch_size, pad)
+    metrics["general_loss_before"] = mean_loss(model, general_set, config.batch_size, pad)
 
     model = get_peft_model(model, _peft_config(config))
     if config.method == "prefix":
@@ -459,7 +481,7 @@ def _train(
         for indices in plan():
             if len(history) >= total_steps:
                 break
-            batch = collate([train_set[i] for i in indices], pad_id, device)
+            batch = collate([train_set[i] for i in indices], pad, device)
             with _autocast(device):
                 loss_sum, n = batch_loss(model, batch)
             loss = loss_sum / max(n, 1)
@@ -482,8 +504,8 @@ def _train(
 
     tail = history[-max(1, per_epoch) :]
     metrics["train_loss"] = sum(tail) / len(tail)
-    metrics["eval_loss_after"] = mean_loss(model, eval_set, config.batch_size, pad_id)
-    metrics["general_loss_after"] = mean_loss(model, general_set, config.batch_size, pad_id)
+    metrics["eval_loss_after"] = mean_loss(model, eval_set, config.batch_size, pad)
+    metrics["general_loss_after"] = mean_loss(model, general_set, config.batch_size, pad)
     metrics["train_tokens_per_second"] = tokens / train_seconds
     metrics["train_seconds"] = train_seconds
     metrics["trainable_parameters"] = float(trainable)

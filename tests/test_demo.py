@@ -1,0 +1,56 @@
+"""`switchboard demo --quick`: from an empty home to answers routed over HTTP, then again,
+reusing what the first run made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+DOMAINS = ["math", "sql", "science", "code", "dialogue"]
+
+
+def _demo(home: Path) -> tuple[dict[str, object], str]:
+    result = subprocess.run(
+        [SWITCHBOARD, "--home", str(home), "demo", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, object] = json.loads(result.stdout)
+    return report, result.stderr
+
+
+def test_demo_trains_publishes_serves_and_routes_then_reuses(
+    pulled_base: object, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    bases = Path(pulled_base[0].root)  # type: ignore[index]  # the session's pulled base
+    (home / "bases").parent.mkdir(parents=True)
+    (home / "bases").symlink_to(bases)  # skip a second conversion; the rest starts empty
+
+    first, log = _demo(home)
+    assert first["adapters"] == {d: f"{d}:1" for d in DOMAINS}
+    assert log.count("training 3 steps") == 5
+    rows = first["rows"]
+    assert isinstance(rows, list) and len(rows) == 8
+    assert [r["expected"] for r in rows] == DOMAINS + ["base"] * 3
+    for row in rows:
+        assert row["answer"].strip(), row
+        assert row["route"] == "base" or row["route"] in first["adapters"].values()  # type: ignore[union-attr]
+        if row["route"] != "base":
+            assert row["scores"][row["route"].split(":")[0]] == max(row["scores"].values())
+    assert first["as_expected"] >= 6  # type: ignore[operator]
+
+    again, log = _demo(home)
+    assert again["adapters"] == first["adapters"]  # nothing retrained or republished
+    assert log.count("reused") == 5 and "training" not in log
+    assert [r["route"] for r in again["rows"]] == [r["route"] for r in rows]  # type: ignore[union-attr]

@@ -1,0 +1,53 @@
+"""The forgetting report, end to end on the real base with a tiny budget: one command, every
+method, and the properties the report exists to show."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(
+    real_base: object, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    command = [sys.executable, str(ROOT / "bench" / "forgetting.py"), "--steps", "2"]
+    command += ["--domains", "math,sql", "--eval-rows", "4", "--general-rows", "4"]
+    command += ["--questions", "6", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "forgetting.json").read_text())
+    assert (out / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    methods = {m["method"]: m for m in report["methods"]}
+    assert list(methods) == ["full", "replay", "ewc", "l2sp", "switchboard"]
+    assert "| Switchboard (LoRA per domain + router) |" in result.stdout
+    base = report["base"]
+
+    for name, m in methods.items():
+        assert [list(s["domain_loss"]) for s in m["stages"]] == [["math"], ["math", "sql"]]
+        just_after, final = m["stages"][0]["domain_loss"]["math"], m["final"]["domain_loss"]["math"]
+        assert m["bwt"] == pytest.approx(just_after - final)
+        assert 0 <= m["final"]["knowledge_accuracy"] <= 1
+        assert m["train_seconds"] > 0
+        if name != "switchboard":  # the whole base is trained, and it moves
+            assert m["trainable_parameters"] == 134_515_008
+            assert m["final"]["general_perplexity"] != pytest.approx(base["general_perplexity"])
+            assert m["final"]["domain_loss"]["math"] < base["domain_loss"]["math"]
+
+    switchboard = methods["switchboard"]
+    assert switchboard["trainable_parameters"] < 0.05 * 134_515_008
+    routes = switchboard["final"]["routes"]
+    assert routes["general"] == {"base": 4}  # general text goes to the untouched base ...
+    assert switchboard["final"]["general_perplexity"] == pytest.approx(
+        base["general_perplexity"], rel=1e-6
+    )  # ... so its perplexity is the base's
+    if routes["math"] == {"math": 4}:  # an adapter nobody retrains cannot forget
+        assert switchboard["bwt"] == pytest.approx(0.0, abs=1e-9)
+    assert routes["sql"].get("sql", 0) >= 3
