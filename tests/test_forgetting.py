@@ -36,10 +36,10 @@ def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(
         assert m["bwt"] == pytest.approx(just_after - final)
         assert 0 <= m["final"]["knowledge_accuracy"] <= 1
         assert m["train_seconds"] > 0
+        assert just_after < base["domain_loss"]["math"]  # every method learns the domain
         if name != "switchboard":  # the whole base is trained, and it moves
             assert m["trainable_parameters"] == 134_515_008
             assert m["final"]["general_perplexity"] != pytest.approx(base["general_perplexity"])
-            assert m["final"]["domain_loss"]["math"] < base["domain_loss"]["math"]
 
     switchboard = methods["switchboard"]
     assert switchboard["trainable_parameters"] < 0.05 * 134_515_008
