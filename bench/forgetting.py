@@ -24,7 +24,7 @@ import typer
 # Run as a script, this file's folder comes first on sys.path: keep the project's packages.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from registry import BaseModels, Settings  # noqa: E402
+from registry import BaseModels, Settings, SwitchboardError  # noqa: E402
 from trainer.demo_data import DOMAINS  # noqa: E402
 from trainer.forgetting import METHODS, Budget, plot, run, table  # noqa: E402
 
@@ -51,11 +51,21 @@ def main(
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    base, _ = BaseModels(Settings().home_dir / "bases").pull()
-    budget = replace(
-        Budget(), steps=steps, eval_rows=eval_rows, general_rows=general_rows, knowledge=questions
-    )
-    report = run(base, DATA, methods=methods.split(","), order=domains.split(","), budget=budget)
+    try:
+        budget = replace(
+            Budget(),
+            steps=steps,
+            eval_rows=eval_rows,
+            general_rows=general_rows,
+            knowledge=questions,
+        )
+        base, _ = BaseModels(Settings().home_dir / "bases").pull()
+        report = run(
+            base, DATA, methods=methods.split(","), order=domains.split(","), budget=budget
+        )
+    except SwitchboardError as exc:  # bad options: say what is wrong, no traceback
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "forgetting.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     plot(report, out / "forgetting.png")

@@ -41,7 +41,7 @@ from router.evaluate import Report, calibrate, evaluate  # noqa: E402
 from router.router import FileRoutes, Router  # noqa: E402
 from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer  # noqa: E402
 from trainer.data import load_jsonl  # noqa: E402
-from trainer.demo_data import BIGBENCH, DOMAINS  # noqa: E402
+from trainer.demo_data import BIGBENCH, DOMAINS, general_request  # noqa: E402
 from trainer.loop import routing_sample  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -93,7 +93,7 @@ def _request(task: str, text: str) -> str | None:
         found = _SPEAKER_1.match(text)
         return found.group(1) if found else None
     if task.startswith("hhh_alignment"):
-        return text.split("\n\nAssistant:")[0].strip()
+        return general_request(text)
     if task == "movie_recommendation":
         return f"Find a movie similar to {text.rstrip(':')}"
     return text.removeprefix("Question: ").removeprefix("Utterance: ").strip()

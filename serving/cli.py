@@ -71,7 +71,7 @@ def demo(
         return
     for row in report["rows"]:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in list(row["scores"].items())[:3])
-        mark = "" if row["expected"] in ("?", row["route"].split(":")[0]) else "   (unexpected)"
+        mark = "" if row["expected"] == "?" or row["as_expected"] else "   (unexpected)"
         typer.echo(f"[{row['expected']} -> {row['route']}]  {scores}{mark}")
         typer.echo(f"  Q: {_cut(row['request'], 96)}")
         typer.echo(f"  A: {_cut(row['answer'], 96)}")

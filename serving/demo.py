@@ -79,6 +79,7 @@ class DemoRow:
             "route": self.route,
             "scores": self.scores,
             "answer": self.answer,
+            "as_expected": self.as_expected,
             "seconds": round(self.seconds, 2),
         }
 
@@ -242,6 +243,7 @@ def run_demo(
 
     started = time.perf_counter()
     budget = QUICK if quick else FULL
+    folder = find_data(data, settings, say)  # a bad --data fails before any long work
     bases = BaseModels(settings.home_dir / "bases")
     try:
         base = bases.get(settings.base)
@@ -250,7 +252,6 @@ def run_demo(
             raise
         say(f"pulling the base model {settings.base} (once, about a minute)")
         base, _ = bases.pull(settings.base)
-    folder = find_data(data, settings, say)
     registry = Registry(settings.registry_url, settings.home_dir)
     try:
         refs = ensure_adapters(registry, base, folder, budget, say)

@@ -45,6 +45,7 @@ def test_demo_trains_publishes_serves_and_routes_then_reuses(
     assert [r["expected"] for r in rows] == DOMAINS + ["base"] * 3
     for row in rows:
         assert row["answer"].strip(), row
+        assert row["as_expected"] == (row["route"].split(":")[0] == row["expected"])
         assert row["route"] == "base" or row["route"] in first["adapters"].values()  # type: ignore[union-attr]
         if row["route"] != "base":
             assert row["scores"][row["route"].split(":")[0]] == max(row["scores"].values())
@@ -54,3 +55,21 @@ def test_demo_trains_publishes_serves_and_routes_then_reuses(
     assert again["adapters"] == first["adapters"]  # nothing retrained or republished
     assert log.count("reused") == 5 and "training" not in log
     assert [r["route"] for r in again["rows"]] == [r["route"] for r in rows]  # type: ignore[union-attr]
+
+
+def test_demo_refuses_a_data_folder_without_demo_data_before_any_long_work(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(
+        [SWITCHBOARD, "--home", str(home), "demo", "--quick", "--data", str(empty), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert json.loads(result.stdout)["error"]["code"] == "not_found"
+    assert f"{empty} lacks demo data" in result.stderr
+    assert not (home / "bases").exists()  # nothing pulled, trained or published

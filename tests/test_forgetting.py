@@ -51,3 +51,20 @@ def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(
     if routes["math"] == {"math": 4}:  # an adapter nobody retrains cannot forget
         assert switchboard["bwt"] == pytest.approx(0.0, abs=1e-9)
     assert routes["sql"].get("sql", 0) >= 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--methods", "full,nope"], "methods must be among full, replay, ewc, l2sp, switchboard"),
+        (["--domains", "math,nope"], "for: ['nope']"),
+        (["--domains", "math,math"], "at least two domains, each once"),
+        (["--steps", "0"], "steps must be >= 1"),
+    ],
+)
+def test_bad_options_are_refused_with_the_reason(options: list[str], message: str) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "forgetting.py"), *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: " in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from registry.errors import ErrorCode, SwitchboardError
-from trainer.loop import Encoded, batch_loss, collate, length_grouped_batches
+from trainer.loop import (
+    Encoded,
+    adamw_with_warmup,
+    batch_loss,
+    collate,
+    length_grouped_batches,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -154,11 +160,8 @@ class SequentialFineTuner:
         started = time.perf_counter()
         schedule = self.schedule
         device = next(self.model.parameters()).device
-        optimizer = torch.optim.AdamW(self.params, lr=schedule.lr, weight_decay=0.0)
-        warmup = max(1, int(schedule.steps * schedule.warmup_ratio))
-        decay = max(1, schedule.steps - warmup)
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (schedule.steps - s) / decay))
+        optimizer, lr_schedule = adamw_with_warmup(
+            self.params, schedule.lr, schedule.warmup_ratio, schedule.steps
         )
         self.model.train()
         for indices in self._batches([len(e.input_ids) for e in data]):

@@ -40,6 +40,7 @@ from trainer.loop import (
     encode,
     loss_per_row,
     pad_id,
+    token_mean,
     train_adapter,
 )
 
@@ -75,6 +76,20 @@ class Budget:
     ewc_strength: float = 100.0  # λ, on a Fisher scaled to mean 1
     l2sp_strength: float = 100.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps must be >= 1": self.steps >= 1,
+            "batch_size must be >= 2 (replay takes a share of each batch)": self.batch_size >= 2,
+            "max_length must be >= 8": self.max_length >= 8,
+            "eval_rows must be >= 1": self.eval_rows >= 1,
+            "general_rows must be >= 1": self.general_rows >= 1,
+            "knowledge must be >= 1": self.knowledge >= 1,
+            "learning rates must be > 0": self.full_lr > 0 and self.lora_lr > 0,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, "; ".join(failed))
 
     def remedy(self, name: str) -> Remedy:
         return {
@@ -208,7 +223,11 @@ class Meter:
     def losses(
         self, model: Any, items: Sequence[Item], choose: Chooser | None
     ) -> tuple[list[tuple[float, int]], Counter[str]]:
-        chosen = choose([i.request for i in items]) if choose else [None] * len(items)
+        chosen: list[str | None] = [None] * len(items)
+        if choose:  # each distinct request routed once (a question's choices share one)
+            unique = list(dict.fromkeys(i.request for i in items))
+            picks = dict(zip(unique, choose(unique), strict=True))
+            chosen = [picks[i.request] for i in items]
         out: list[tuple[float, int]] = [(0.0, 0)] * len(items)
         for adapter in set(chosen):
             picked = [i for i, c in enumerate(chosen) if c == adapter]
@@ -226,14 +245,14 @@ class Meter:
         losses, routes = {}, {}
         for name in names:
             rows, counts = self.losses(model, self.probe.domains[name], choose)
-            losses[name] = sum(t for t, _ in rows) / max(sum(n for _, n in rows), 1)
+            losses[name] = token_mean(rows)
             routes[name] = dict(counts)
         return losses, routes
 
     def everything(self, model: Any, choose: Chooser | None = None) -> Scores:
         losses, routes = self.domains(model, list(self.probe.domains), choose)
         rows, counts = self.losses(model, self.probe.general, choose)
-        perplexity = math.exp(sum(t for t, _ in rows) / max(sum(n for _, n in rows), 1))
+        perplexity = math.exp(token_mean(rows))
         routes["general"] = dict(counts)
         flat = [Item(choice, q.request) for q in self.probe.knowledge for choice in q.choices]
         rows, counts = self.losses(model, flat, choose)
@@ -377,8 +396,17 @@ def run(
         raise SwitchboardError(
             ErrorCode.INVALID_INPUT, f"methods must be among {', '.join(METHODS)}: {unknown}"
         )
-    if len(order) < 2:
-        raise SwitchboardError(ErrorCode.INVALID_INPUT, "forgetting needs at least two domains")
+    if len(order) < 2 or len(set(order)) < len(order):
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT, "forgetting needs at least two domains, each once"
+        )
+    missing = [
+        d for d in order if not all((data / d / f).is_file() for f in ("train.jsonl", "eval.jsonl"))
+    ]
+    if missing:
+        raise SwitchboardError(
+            ErrorCode.NOT_FOUND, f"no train.jsonl and eval.jsonl under {data} for: {missing}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     meter = Meter(build_probe(tokenizer, data, order, budget), pad_id(tokenizer), budget.batch_size)
     base_scores = meter.everything(

@@ -240,7 +240,11 @@ def mean_loss(model: Any, encoded: Sequence[Encoded], batch_size: int, pad_id: i
     """Token-weighted mean loss, no gradients; NaN for an empty set."""
     if not encoded:
         return math.nan
-    rows = loss_per_row(model, encoded, batch_size, pad_id)
+    return token_mean(loss_per_row(model, encoded, batch_size, pad_id))
+
+
+def token_mean(rows: Sequence[tuple[float, int]]) -> float:
+    """The token-weighted mean of (summed loss, tokens) rows."""
     return sum(total for total, _ in rows) / max(sum(n for _, n in rows), 1)
 
 
@@ -368,16 +372,14 @@ def init_prefix_from_text(model: Any, tokenizer: Any, text: str) -> None:
         model.prompt_encoder[model.active_adapter].embedding.weight.copy_(weight)
 
 
-def _optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
-    """AdamW on the adapter parameters; linear warmup, then linear decay to zero."""
+def adamw_with_warmup(
+    params: Sequence[Any], lr: float, warmup_ratio: float, total_steps: int
+) -> tuple[Any, Any]:
+    """AdamW (no weight decay); linear warmup, then linear decay to zero at `total_steps`."""
     import torch
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=0.0,
-    )
-    warmup = max(1, int(total_steps * config.warmup_ratio))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, int(total_steps * warmup_ratio))
     decay = max(1, total_steps - warmup)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / decay))
@@ -467,7 +469,12 @@ def _train(
     total_steps = max(1, round(per_epoch * config.epochs))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    optimizer, schedule = _optimizer(model, config, total_steps)
+    optimizer, schedule = adamw_with_warmup(
+        [p for p in model.parameters() if p.requires_grad],
+        config.learning_rate,
+        config.warmup_ratio,
+        total_steps,
+    )
 
     def plan() -> Iterator[list[int]]:
         for _ in range(epochs):
