@@ -1,7 +1,7 @@
 """The forgetting report: does parameter isolation keep what the base knew, next to the remedies
 the continual-learning literature recommends?
 
-    python bench/forgetting.py [--steps 8] [--methods full,replay,ewc,l2sp,switchboard]
+    python -m bench.forgetting [--steps 8] [--methods full,replay,ewc,l2sp,switchboard]
                                [--domains math,sql,...] [--out forgetting] [--json]
 
 Trains the five demo domains in turn (math, sql, science, code, dialogue) with each method on
@@ -14,19 +14,17 @@ About 25 minutes on the 2-core CPU with the defaults. See `trainer/forgetting.py
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-# Run as a script, this file's folder comes first on sys.path: keep the project's packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from registry import BaseModels, Settings, SwitchboardError  # noqa: E402
-from trainer.demo_data import DOMAINS  # noqa: E402
-from trainer.forgetting import METHODS, Budget, plot, run, table  # noqa: E402
+from bench._common import HomeOption, default_base
+from registry import SwitchboardError
+from switchboard.demo_data import DOMAINS
+from switchboard.forgetting.budget import Budget
+from switchboard.forgetting.report import METHODS, plot, run, table
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -49,6 +47,7 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for forgetting.json and .png.")] = Path(
         "forgetting"
     ),
+    home: HomeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     try:
@@ -59,7 +58,7 @@ def main(
             general_rows=general_rows,
             knowledge=questions,
         )
-        base, _ = BaseModels(Settings().home_dir / "bases").pull()
+        base = default_base(home)
         report = run(
             base, DATA, methods=methods.split(","), order=domains.split(","), budget=budget
         )

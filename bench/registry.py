@@ -1,6 +1,6 @@
 """Registry benchmark: publish a 10 MB adapter, resolve a ref, list 1,000 versions.
 
-    python bench/registry.py [--database-url URL] [--json]
+    python -m bench.registry [--database-url URL] [--json]
 
 Uses the real default base (pulled into $SWITCHBOARD_HOME once) and a fresh registry in a
 temporary directory. Each figure is a median, printed beside a baseline measured in the same
@@ -20,16 +20,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-# Run as a script, this file's folder comes first on sys.path and this file (registry.py)
-# would shadow the `registry` package it measures.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from registry import BaseModelInfo, BaseModels, Registry, Settings  # noqa: E402
+from bench._common import default_base
+from registry import PROJECTIONS, BaseModelInfo, Registry
+from trainer.synthetic import random_adapter
 
 TARGETS_MS = {"publish_10mb": 1000.0, "resolve": 1.0, "list_1000_versions": 50.0}
 
@@ -44,21 +43,14 @@ def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def _adapter_variants(
-    base: BaseModelInfo, out: Path, rank: int, targets: list[str], n: int
+    base: BaseModelInfo, out: Path, rank: int, targets: tuple[str, ...], n: int
 ) -> list[Path]:
-    """`n` real PEFT LoRA directories for `base`, same shapes, different weights."""
+    """`n` real PEFT LoRA directories for `base`, same shapes, different weights (one random
+    adapter, then noise on its tensors: faster than `n` models)."""
     import numpy as np
-    import torch
-    from peft import LoraConfig, get_peft_model
     from safetensors.numpy import load_file, save_file
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    template = out / "template"
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False
-    )
-    get_peft_model(model, config).save_pretrained(template)
+    template = random_adapter(base.path, out / "template", rank=rank, modules=targets)
     tensors = load_file(template / "adapter_model.safetensors")
     rng = np.random.default_rng(0)
     dirs = []
@@ -74,15 +66,13 @@ def _adapter_variants(
 
 
 def run(database_url: str | None, repeat: int) -> dict[str, Any]:
-    settings = Settings()
-    base, _ = BaseModels(settings.home_dir / "bases").pull()
+    base = default_base()
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp_name:
         tmp = Path(tmp_name)
         home = tmp / "home"
         url = database_url or f"sqlite:///{home / 'registry.db'}"
         registry = Registry(url, home)
-        seven = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        big = _adapter_variants(base, tmp / "big", 8, seven, repeat)
+        big = _adapter_variants(base, tmp / "big", 8, PROJECTIONS, repeat)
         weights_mb = (big[0] / "adapter_model.safetensors").stat().st_size / 1e6
 
         publish_times = []
@@ -99,13 +89,13 @@ def run(database_url: str | None, repeat: int) -> dict[str, Any]:
 
         copy_ms = _median_ms(copy_and_hash, repeat)
 
-        small = _adapter_variants(base, tmp / "small", 1, ["q_proj"], 1)[0]
+        small = _adapter_variants(base, tmp / "small", 1, ("q_proj",), 1)[0]
         for _ in range(1000):
             registry.publish(small, "many", base)
         registry.set_alias("many", "canary", 500)
 
         resolve = {
-            ref: _median_ms(lambda ref=ref: registry.resolve(ref), 500)
+            ref: _median_ms(partial(registry.resolve, ref), 500)
             for ref in ("many", "many:777", "many@canary")
         }
         list_ms = _median_ms(lambda: registry.list_versions("many"), 30)

@@ -1,6 +1,6 @@
 """Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
 
-    python bench/router.py [--part all|cross|intents|latency] [--sdist FILE] [--out DIR] [--json]
+    python -m bench.router [--part all|cross|intents|latency] [--sdist FILE] [--out DIR] [--json]
 
 - cross: routes are the demo domains' training requests (50 per domain, the sample the
   trainer stores in each manifest) plus 50 general negatives (`base`); test requests for the
@@ -30,19 +30,17 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-# Run as a script, this file's folder comes first on sys.path: keep the project's packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from registry import Registry, Settings  # noqa: E402
-from registry.pypi import download  # noqa: E402
-from router.decision import Policy  # noqa: E402
-from router.encoder import Encoder  # noqa: E402
-from router.evaluate import Report, calibrate, evaluate  # noqa: E402
-from router.router import FileRoutes, Router  # noqa: E402
-from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer  # noqa: E402
-from trainer.data import load_jsonl  # noqa: E402
-from trainer.demo_data import BIGBENCH, DOMAINS, general_request  # noqa: E402
-from trainer.loop import routing_sample  # noqa: E402
+from bench._common import HomeOption
+from registry import Registry, RegistrySettings
+from router.decision import Policy
+from router.encoder import Encoder
+from router.evaluate import Report, calibrate, evaluate
+from router.router import FileRoutes, Router
+from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
+from switchboard.demo_data import BIGBENCH, DOMAINS, general_request
+from switchboard.pypi import download
+from trainer.data import load_jsonl
+from trainer.loop import routing_sample
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -218,7 +216,7 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
     p50, p99 = _timings(lambda: router.decide(query), 300)
     encode50, _ = _timings(lambda: encoder.encode([query]), 300)
     with tempfile.TemporaryDirectory() as home:
-        registry = Registry(Settings(home=Path(home)).registry_url, Path(home))
+        registry = Registry(RegistrySettings(home=Path(home)).registry_url, Path(home))
         registry.routes.add_examples("base", ["hello"], "bench")
         state50, state99 = _timings(registry.routes.state, 300)
         registry.close()
@@ -296,13 +294,14 @@ def main(
     out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
         "bench-router-data"
     ),
+    home: HomeOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    settings = Settings()
-    encoder = Encoder(settings.encoder)
+    cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
+    encoder = Encoder()
     results: dict[str, Any] = {"encoder": str(encoder.path)}
     if part in ("all", "cross", "intents"):
-        tasks = Tasks(sdist or download(BIGBENCH, settings.home_dir / "cache", sdist=True))
+        tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)
         if part in ("all", "intents"):

@@ -1,6 +1,6 @@
 """Serving benchmark: engines, mixtures and the HTTP server, measured side by side.
 
-    python bench/serve.py [--part all|throughput|mixture|http] [--engine both|hf|vllm]
+    python -m bench.serve [--part all|throughput|mixture|http] [--engine both|hf|vllm]
                           [--prompts 32] [--tokens 64] [--load-seconds 60] [--json]
 
 - throughput (per engine, through the engine interface the server uses, all requests
@@ -25,7 +25,6 @@ import json
 import random
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -34,36 +33,25 @@ from typing import Annotated, Any
 
 import typer
 
-# Run as a script, this file's folder comes first on sys.path: keep the project's packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings  # noqa: E402
-from registry.ab_stats import percentile  # noqa: E402
-from serving.app import build_engine, create_app  # noqa: E402
-from serving.engine import AdapterSpec, Engine, GenerationRequest, SamplingParams  # noqa: E402
-from serving.mixture import build_mixture  # noqa: E402
-from trainer.data import load_jsonl  # noqa: E402
-from trainer.demo_data import DOMAINS  # noqa: E402
-from trainer.loop import routing_sample  # noqa: E402
+from bench._common import HomeOption, default_base
+from registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
+from registry.experiments.stats import percentile
+from serving.app import create_app
+from serving.build import build_engine
+from serving.engine import AdapterSpec, Engine, GenerationRequest, SamplingParams
+from serving.mixture import build_mixture
+from serving.settings import EngineSettings, ServerSettings
+from switchboard.demo_data import DOMAINS
+from trainer.data import load_jsonl
+from trainer.loop import routing_sample
+from trainer.synthetic import random_adapter
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def make_lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base.path)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:  # a small delta: answers stay fluent, lengths comparable
-            param.data *= 0.02
-    peft_model.save_pretrained(out)
-    return out
+    """Rank 16 on all seven projections; a small delta keeps answers fluent, lengths alike."""
+    return random_adapter(base.path, out, seed=seed, rank=16, scale=0.02)
 
 
 def requests_of(domain: str, split: str, count: int) -> list[str]:
@@ -122,7 +110,7 @@ async def engine_throughput(
 
 
 def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[str, Any]:
-    registry = Registry(Settings(home=home).registry_url, home)
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
     for i, spec in enumerate(loras[:3]):
         registry.publish(spec.path, f"part-{i}", base)
     builds, hits = [], []
@@ -149,7 +137,7 @@ def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[s
 class Server:
     """The real app under uvicorn on a free local port, in a thread of this process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServerSettings) -> None:
         import uvicorn
 
         with socket.socket() as probe:
@@ -286,11 +274,11 @@ async def http_parts(
 ) -> dict[str, Any]:
     from openai import AsyncOpenAI
 
-    registry = Registry(Settings(home=home).registry_url, home)
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
     for spec, domain in zip(loras, ("math", "sql", "science"), strict=False):
         draft = ManifestDraft(routing_examples=requests_of(domain, "train", 40))
         registry.publish(spec.path, domain, base, draft=draft)
-    settings = Settings(
+    settings = ServerSettings(
         home=home, base=str(base.path), engine=engine, dtype=options["dtype"], max_lora_rank=16
     )
     texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
@@ -368,10 +356,10 @@ def main(
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
     load_seconds: Annotated[float, typer.Option()] = 60.0,
     clients: Annotated[int, typer.Option()] = 64,
+    home: HomeOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    settings = Settings()
-    base, _ = BaseModels(settings.home_dir / "bases").pull(settings.base)
+    base = default_base(home)
     engines = ["hf", "vllm"] if engine == "both" else [engine]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -381,7 +369,7 @@ def main(
         ]
         if part in ("all", "throughput"):
             for name in engines:
-                engine_settings = Settings(engine=name, dtype=dtype, max_lora_rank=16)
+                engine_settings = EngineSettings(engine=name, dtype=dtype, max_lora_rank=16)
                 built = build_engine(engine_settings, base.path)
                 results[name] = asyncio.run(
                     engine_throughput(built, loras, prompt_count, tokens, repeats)

@@ -1,6 +1,6 @@
 """Trainer benchmark: throughput against transformers' Trainer, time per domain, effect.
 
-    python bench/train.py [--part all|throughput|domains] [--examples 128] [--json]
+    python -m bench.train [--part all|throughput|domains] [--examples 128] [--json]
 
 - throughput: training tokens/s of Switchboard's loop and of a plain `transformers.Trainer`
   + PEFT on the same tokenised examples, model, LoRA settings, batch size and learning rate,
@@ -22,13 +22,13 @@ from typing import Annotated, Any
 
 import typer
 
-# Run as a script, this file's folder comes first on sys.path: keep the project's packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from registry import BaseModelInfo, BaseModels, Settings  # noqa: E402
-from trainer.data import Dataset, load_jsonl  # noqa: E402
-from trainer.demo_data import DOMAINS  # noqa: E402
-from trainer.loop import TrainConfig, encode, train_adapter  # noqa: E402
+from bench._common import HomeOption, default_base
+from registry import BaseModelInfo
+from switchboard.demo_data import DOMAINS
+from trainer.config import TrainConfig
+from trainer.data import Dataset, load_jsonl
+from trainer.encoding import encode
+from trainer.loop import train_adapter
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -52,7 +52,7 @@ def _baseline_tokens_per_second(
     encoded = [encode(tokenizer, e, config.max_length) for e in dataset.examples]
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded if e is not None]
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     lora = LoraConfig(
         task_type="CAUSAL_LM",
         r=config.rank,
@@ -148,9 +148,10 @@ def main(
     only: Annotated[
         str | None, typer.Option(help="Comma-separated domains (default: all five).")
     ] = None,
+    home: HomeOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    base, _ = BaseModels(Settings().home_dir / "bases").pull()
+    base = default_base(home)
     report: dict[str, Any] = {}
     if part in ("all", "throughput"):
         report["throughput"] = throughput(base, examples)

@@ -1,4 +1,6 @@
-"""Switchboard's registry: versioned PEFT adapters, base models, refs. Imports no torch.
+"""Switchboard's registry, the bottom layer: versioned PEFT adapters, base models, refs,
+routing examples and A/B tests in SQL, adapter files in a blob store. Imports no torch, no
+web framework and no CLI kit; every other package builds on it.
 
 Public names load on first use (PEP 562), so `import registry` and `switchboard --help`
 stay fast; SQLAlchemy and pydantic load only when a command needs them.
@@ -21,16 +23,18 @@ _EXPORTS = {
     "AdapterRef": "registry.refs",
     "served_name": "registry.refs",
     "validate_name": "registry.refs",
-    "Settings": "registry.settings",
-    "AdapterSummary": "registry.store",
+    "PROJECTIONS": "registry.bases",
+    "RegistrySettings": "registry.settings",
+    "AdapterSummary": "registry.records",
+    "VerifyResult": "registry.records",
+    "VersionInfo": "registry.records",
     "Registry": "registry.store",
-    "VerifyResult": "registry.store",
-    "VersionInfo": "registry.store",
 }
 
 __all__ = [
     "DEFAULT_BASE",
     "MANIFEST_FILE",
+    "PROJECTIONS",
     "AdapterRef",
     "AdapterSummary",
     "BaseModelInfo",
@@ -39,7 +43,7 @@ __all__ = [
     "Manifest",
     "ManifestDraft",
     "Registry",
-    "Settings",
+    "RegistrySettings",
     "SwitchboardError",
     "VerifyResult",
     "VersionInfo",
@@ -48,12 +52,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from registry.bases import DEFAULT_BASE, BaseModelInfo, BaseModels
+    from registry.bases import DEFAULT_BASE, PROJECTIONS, BaseModelInfo, BaseModels
     from registry.errors import ErrorCode, SwitchboardError
     from registry.manifest import MANIFEST_FILE, Manifest, ManifestDraft
+    from registry.records import AdapterSummary, VerifyResult, VersionInfo
     from registry.refs import AdapterRef, served_name, validate_name
-    from registry.settings import Settings
-    from registry.store import AdapterSummary, Registry, VerifyResult, VersionInfo
+    from registry.settings import RegistrySettings
+    from registry.store import Registry
 
 
 def __getattr__(name: str) -> Any:

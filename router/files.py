@@ -1,5 +1,6 @@
-"""The JSONL files the router reads (formats in DESIGN.md). Every problem is reported with
-its line number, and a file with any problem is refused whole: nothing half-read is used.
+"""The JSONL files the router reads (formats in docs/architecture.md). Every problem is
+reported with its line number, and a file with any problem is refused whole: nothing half-read
+is used.
 
 - routes file: `{"name": ROUTE, "text": ...}` per line; `base` rows are negatives.
 - labelled test file: `{"text": ..., "expected": ROUTE or "base"}` per line.

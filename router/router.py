@@ -17,15 +17,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from registry.errors import ErrorCode, SwitchboardError
+from registry.records import VersionInfo
 from registry.refs import AdapterRef
 from registry.routing import BASE_ROUTE
-from registry.settings import Settings
-from registry.store import Registry, VersionInfo
+from registry.store import Registry
 from router.cache import EmbeddingCache
 from router.decision import Choice, Decision, Policy, RouteTarget
 from router.encoder import Encoder
 from router.files import read_routes
 from router.scorers import DEFAULT_THRESHOLD, Method, Scorer, make_scorer
+from router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class RegistryRoutes:
 
 
 class FileRoutes:
-    """Routes from a routes file (DESIGN.md), for evaluation without a registry."""
+    """Routes from a routes file (docs/architecture.md), for evaluation without a registry."""
 
     def __init__(self, path: Path, thresholds: dict[str, float] | None = None) -> None:
         self.path = path
@@ -254,8 +255,14 @@ def request_text(request: Request) -> str:
     raise SwitchboardError(ErrorCode.INVALID_INPUT, "the chat has no user message to route on")
 
 
-def build_router(settings: Settings, source: RouteSource, method: Method | None = None) -> Router:
-    """A router as the settings describe it (encoder, policy, method, cache under home)."""
+def build_router(
+    settings: RouterSettings,
+    source: RouteSource,
+    cache_dir: Path | None = None,
+    method: Method | None = None,
+) -> Router:
+    """A router as the settings describe it (encoder, policy, method); embeddings of
+    manifest examples cached on disk under `cache_dir`, if given."""
     method = method or settings.router_method
     threshold = settings.router_threshold
     policy = Policy(
@@ -268,5 +275,5 @@ def build_router(settings: Settings, source: RouteSource, method: Method | None 
         Encoder(settings.encoder),
         policy,
         method=method,
-        cache_dir=settings.home_dir / "embeddings",
+        cache_dir=cache_dir,
     )

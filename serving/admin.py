@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.store import Registry
 from serving.auth import check_admin
+from serving.deps import RegistryDep
 
 router = APIRouter(prefix="/v1/admin", dependencies=[Depends(check_admin)], tags=["admin"])
 
@@ -25,15 +25,6 @@ class ExamplesBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     examples: list[str] = Field(min_length=1)
     source: str = "api"
-
-
-def _registry(request: Request) -> Registry:
-    from serving.app import get_service
-
-    return get_service(request).registry
-
-
-RegistryDep = Annotated[Registry, Depends(_registry)]
 
 
 @router.put("/adapters/{name}/aliases/{alias}")

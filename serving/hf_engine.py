@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from serving.batched_lora import LoRASet, LoRAWeights, load_lora
 from serving.batcher import Batcher
@@ -34,6 +34,27 @@ from serving.tokens import Tokens
 log = logging.getLogger(__name__)
 
 RowCallback = Callable[[int, int], None]  # (row of the batch, new token id)
+V = TypeVar("V")
+
+
+class _LRU(Generic[V]):
+    """Loaded adapters by served name; past `capacity` the least recently used is dropped."""
+
+    def __init__(self, capacity: int, what: str) -> None:
+        self.capacity = capacity
+        self.what = what
+        self.items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, name: str, load: Callable[[], V]) -> V:
+        item = self.items.get(name)
+        if item is None:
+            item = self.items[name] = load()
+            log.info("loaded %s %s", self.what, name)
+            while len(self.items) > self.capacity:
+                evicted, _ = self.items.popitem(last=False)
+                log.info("unloaded %s %s (least recently used)", self.what, evicted)
+        self.items.move_to_end(name)
+        return item
 
 
 class _RowStreamer:
@@ -99,8 +120,8 @@ class HFEngine:
         self.max_model_len = min(max_model_len or limit, limit)
         self.max_adapters = max_adapters
         self._lora_set = LoRASet(self.model)
-        self._loras: OrderedDict[str, LoRAWeights] = OrderedDict()  # served name, LRU order
-        self._prefixes: OrderedDict[str, Any] = OrderedDict()  # served name -> PeftModel
+        self._loras: _LRU[LoRAWeights] = _LRU(max_adapters, "LoRA")
+        self._prefixes: _LRU[Any] = _LRU(max_adapters, "prefix adapter")  # -> PeftModel
         self._lock = threading.Lock()
         self._batcher = Batcher(self.generate, max_batch=max_batch)
 
@@ -121,30 +142,20 @@ class HFEngine:
     # ---- adapters ---------------------------------------------------------------------------
 
     def _load_lora(self, adapter: AdapterSpec) -> LoRAWeights:
-        name = adapter.served_name
-        weights = self._loras.get(name)
-        if weights is None:
+        def load() -> LoRAWeights:
             weights = load_lora(adapter.path, self.model.dtype)
             self._lora_set.wrap(weights)
-            self._loras[name] = weights
-            log.info("loaded LoRA %s", name)
-            while len(self._loras) > self.max_adapters:
-                evicted, _ = self._loras.popitem(last=False)
-                log.info("unloaded LoRA %s (least recently used)", evicted)
-        self._loras.move_to_end(name)
-        return weights
+            return weights
+
+        return self._loras.get(adapter.served_name, load)
 
     def _load_prefix(self, adapter: AdapterSpec) -> Any:
         from peft import PeftModel
 
-        name = adapter.served_name
-        if name not in self._prefixes:
-            self._prefixes[name] = PeftModel.from_pretrained(self.model, adapter.path).eval()
-            log.info("loaded prefix adapter %s", name)
-            while len(self._prefixes) > self.max_adapters:
-                self._prefixes.popitem(last=False)
-        self._prefixes.move_to_end(name)
-        return self._prefixes[name]
+        return self._prefixes.get(
+            adapter.served_name,
+            lambda: PeftModel.from_pretrained(self.model, adapter.path).eval(),
+        )
 
     # ---- generation -------------------------------------------------------------------------
 

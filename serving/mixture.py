@@ -1,4 +1,4 @@
-"""Weighted mixes of LoRA adapters, built exactly as one LoRA (DESIGN.md, Mixture).
+"""Weighted mixes of LoRA adapters, built exactly as one LoRA (docs/architecture.md, Mixtures).
 
 sum_i w_i dW_i with dW_i = s_i B_i A_i (s_i = alpha_i / r_i, or alpha_i / sqrt(r_i) with
 rsLoRA) is one LoRA of rank R = sum_i r_i: A = [A_1; ...; A_k] stacked by rows,
@@ -29,7 +29,8 @@ from registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
 from registry.manifest import Component, ManifestDraft
-from registry.store import Registry, VersionInfo
+from registry.records import VersionInfo
+from registry.store import Registry
 
 log = logging.getLogger(__name__)
 

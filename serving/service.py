@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
-from registry.experiments import Arm, Experiment
-from registry.store import Registry, VersionInfo
+from registry.experiments.model import Arm, Experiment
+from registry.records import VersionInfo
+from registry.store import Registry
 from router.decision import Choice, Decision
 from router.router import Router
 from serving.engine import (

@@ -9,9 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
+from switchboard.bases import pull
+from trainer.synthetic import random_adapter
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder loads from its package, never a hub
 
-from registry import BaseModelInfo, BaseModels, Registry, Settings
+
+def _forget_operator_settings() -> None:
+    """Drop the operator's SWITCHBOARD_* settings (matched as pydantic-settings matches them,
+    ignoring case) before any test runs: CLI subprocesses inherit this environment, and a
+    machine configured for a shared registry must not receive test data."""
+    from switchboard.settings import Settings
+
+    names = {f"SWITCHBOARD_{field}".upper() for field in Settings.model_fields}
+    for key in [k for k in os.environ if k.upper() in names]:
+        del os.environ[key]
+
+
+_forget_operator_settings()
+
 
 POSTGRES_URL = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -51,45 +68,6 @@ def _make_tiny_base(path: Path, hidden: int, seed: int) -> None:
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
 
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def make_adapter(
-    base_dir: Path,
-    out: Path,
-    method: str = "lora",
-    seed: int = 0,
-    rank: int = 4,
-    *,
-    modules: tuple[str, ...] = PROJECTIONS,
-    scale: float = 1.0,
-) -> Path:
-    """A real PEFT adapter for `base_dir`, with non-zero weights, saved to `out`. LoRA B is
-    random times `scale` (small scales keep a real base's answers fluent)."""
-    import torch
-    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    if method == "lora":
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=2 * rank,
-            target_modules=list(modules),
-            init_lora_weights=False,  # random B: the adapter changes outputs
-        )
-    else:
-        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    peft_model = get_peft_model(model, config)
-    if scale != 1.0:
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.data *= scale
-    peft_model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-base")
@@ -107,29 +85,29 @@ def other_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lora_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora"), "lora", seed=1)
+    return random_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora"), "lora", seed=1)
 
 
 @pytest.fixture(scope="session")
 def lora_dir_2(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora2"), "lora", seed=2)
+    return random_adapter(tiny_base_dir, tmp_path_factory.mktemp("lora2"), "lora", seed=2)
 
 
 @pytest.fixture(scope="session")
 def prefix_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(tiny_base_dir, tmp_path_factory.mktemp("prefix"), "prefix")
+    return random_adapter(tiny_base_dir, tmp_path_factory.mktemp("prefix"), "prefix")
 
 
 @pytest.fixture(scope="session")
 def foreign_lora_dir(other_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(other_base_dir, tmp_path_factory.mktemp("foreign"), "lora")
+    return random_adapter(other_base_dir, tmp_path_factory.mktemp("foreign"), "lora")
 
 
 @pytest.fixture(scope="session")
 def pulled_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[BaseModels, BaseModelInfo, bool]:
     """The real default base, pulled (downloaded + converted) once per test session."""
     bases = BaseModels(tmp_path_factory.mktemp("real-home") / "bases")
-    info, built = bases.pull()
+    info, built = pull(bases)
     return bases, info, built
 
 
@@ -174,7 +152,7 @@ def _postgres_schema_url() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, home: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        yield Settings(home=home).registry_url
+        yield RegistrySettings(home=home).registry_url
     else:
         yield from _postgres_schema_url()
 

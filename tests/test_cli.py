@@ -122,8 +122,8 @@ def test_publish_of_a_foreign_adapter_names_the_problem(cli: Cli, foreign_lora_d
 def test_registry_import_stays_light() -> None:
     """`registry` and the CLI entry point must not import torch (fast --help, light servers)."""
     code = (
-        "import sys, switchboard, registry; from registry import Registry, BaseModels; "
-        "import registry.cli; "
+        "import sys, registry; from registry import Registry, BaseModels; "
+        "import switchboard.cli; "
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'sentence_transformers') "
         "if m in sys.modules]; print(heavy)"
     )
@@ -215,7 +215,7 @@ def test_route_commands_as_scripts_use_them(
 def test_experiment_commands(
     cli: Cli, lora_dir: Path, lora_dir_2: Path, tmp_path: Path, home: Path
 ) -> None:
-    from registry import Registry, Settings
+    from registry import Registry, RegistrySettings
 
     base = ("--base", str(cli.base))
     for source in (lora_dir, lora_dir_2):
@@ -241,7 +241,7 @@ def test_experiment_commands(
     assert "--arm must look like legal:3=0.9, not 'legal:1'" in bad.stderr
     cli.run("experiment", "create", "t3", "--adapter", "legal", *arms, code=5)  # one at a time
 
-    registry = Registry(Settings(home=home).registry_url, home)
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
     experiment = registry.experiments.get("trial")
     for i in range(40):
         arm = experiment.arms[i % 2]

@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 
 from registry import SwitchboardError
-from trainer import continual
-from trainer.continual import Anchor, Remedy, Schedule, SequentialFineTuner, fisher_diagonal
-from trainer.forgetting import MethodResult, Scores
-from trainer.loop import IGNORE, Encoded
+from switchboard.forgetting import continual
+from switchboard.forgetting.continual import (
+    Anchor,
+    Remedy,
+    Schedule,
+    SequentialFineTuner,
+    fisher_diagonal,
+)
+from switchboard.forgetting.probe import Scores
+from switchboard.forgetting.report import MethodResult
+from trainer.encoding import IGNORE, Encoded
 
 
 def _rows(seed: int, n: int) -> list[Encoded]:
@@ -71,7 +78,8 @@ def test_fisher_is_the_mean_squared_per_example_gradient_scaled_to_mean_one(
 ) -> None:
     import torch
 
-    from trainer.loop import batch_loss, collate
+    from trainer.encoding import collate
+    from trainer.losses import batch_loss
 
     model = _model(tiny_base_dir)
     params = list(model.parameters())

@@ -13,15 +13,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter
 from fastapi.testclient import TestClient
 
-from registry import BaseModelInfo, ErrorCode, ManifestDraft, Registry, Settings, SwitchboardError
-from registry.ab_stats import summarise, wilson
-from registry.experiments import Arm, Experiment, Exposure
+from registry import (
+    BaseModelInfo,
+    ErrorCode,
+    ManifestDraft,
+    Registry,
+    RegistrySettings,
+    SwitchboardError,
+)
+from registry.experiments.model import Arm, Experiment, Exposure
+from registry.experiments.stats import summarise, wilson
 from serving.app import create_app
+from serving.settings import ServerSettings
 from trainer.data import load_jsonl
 from trainer.loop import routing_sample
+from trainer.synthetic import random_adapter
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -170,10 +178,10 @@ def test_statistics_find_a_true_difference_and_no_false_one() -> None:
 @pytest.fixture(scope="module")
 def world(real_base: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("ab-home")
-    registry = Registry(Settings(home=home).registry_url, home)
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
     examples = routing_sample(load_jsonl(DATA / "math" / "train.jsonl").examples, 30, seed=0)
     for seed in (1, 2):
-        source = make_adapter(
+        source = random_adapter(
             real_base.path, tmp_path_factory.mktemp(f"math{seed}"), seed=seed, scale=0.05
         )
         registry.publish(source, "math", real_base, draft=ManifestDraft(routing_examples=examples))
@@ -182,14 +190,14 @@ def world(real_base: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _app(home: Path, base: BaseModelInfo) -> TestClient:
-    return TestClient(create_app(Settings(home=home, base=str(base.path), engine="hf")))
+    return TestClient(create_app(ServerSettings(home=home, base=str(base.path), engine="hf")))
 
 
 @pytest.mark.slow
 def test_simulated_users_over_http_find_the_better_arm_and_survive_a_restart(
     world: Path, real_base: BaseModelInfo
 ) -> None:
-    registry = Registry(Settings(home=world).registry_url, world)
+    registry = Registry(RegistrySettings(home=world).registry_url, world)
     registry.experiments.create(
         "math-v2", "math", [("math:1", 0.5), ("math:2", 0.5)], key="header:X-User-Id"
     )

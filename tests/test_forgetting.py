@@ -18,7 +18,7 @@ def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(
     real_base: object, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
-    command = [sys.executable, str(ROOT / "bench" / "forgetting.py"), "--steps", "2"]
+    command = [sys.executable, "-m", "bench.forgetting", "--steps", "2"]
     command += ["--domains", "math,sql", "--eval-rows", "4", "--general-rows", "4"]
     command += ["--questions", "6", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
@@ -63,7 +63,7 @@ def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(
     ],
 )
 def test_bad_options_are_refused_with_the_reason(options: list[str], message: str) -> None:
-    command = [sys.executable, str(ROOT / "bench" / "forgetting.py"), *options]
+    command = [sys.executable, "-m", "bench.forgetting", *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: " in result.stderr and message in result.stderr

@@ -15,6 +15,7 @@ import pytest
 from registry import BaseModelInfo, SwitchboardError
 from serving.engine import AdapterSpec, GenerationRequest, SamplingParams
 from serving.hf_engine import HFEngine
+from trainer.synthetic import random_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -27,29 +28,19 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def adapters(real_base: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import torch
-    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     made = {}
     for name, seed in (("a", 1), ("b", 2)):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(real_base.path)
-        config = LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        out = random_adapter(
+            real_base.path,
+            tmp_path_factory.mktemp(f"lora-{name}"),
+            seed=seed,
+            modules=("q_proj", "v_proj"),
+            scale=0.25,  # small enough to keep the answers fluent
         )
-        peft_model = get_peft_model(model, config)
-        for param in peft_model.parameters():  # small enough to keep the answers fluent
-            if param.requires_grad:
-                param.data *= 0.5
-        out = tmp_path_factory.mktemp(f"lora-{name}")
-        peft_model.save_pretrained(out)
         made[name] = AdapterSpec(f"{name}-v1-test", out, "lora")
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(real_base.path)
-    prefix = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    out = tmp_path_factory.mktemp("prefix")
-    prefix.save_pretrained(out)
+    out = random_adapter(
+        real_base.path, tmp_path_factory.mktemp("prefix"), "prefix", seed=3, virtual_tokens=4
+    )
     made["p"] = AdapterSpec("p-v1-test", out, "prefix")
     return made
 
@@ -125,6 +116,6 @@ def test_limits_stops_and_eviction(
     params = SamplingParams(max_tokens=4)
     first = small.generate([GenerationRequest(prompt, adapters["a"], params)])[0]
     small.generate([GenerationRequest(prompt, adapters["b"], params)])
-    assert list(small._loras) == [adapters["b"].served_name]  # "a" was unloaded
+    assert list(small._loras.items) == [adapters["b"].served_name]  # "a" was unloaded
     again = small.generate([GenerationRequest(prompt, adapters["a"], params)])[0]
     assert again.token_ids == first.token_ids  # reloaded on demand, same answer

@@ -11,6 +11,7 @@ import pytest
 from registry import BaseModelInfo, Registry, SwitchboardError
 from registry.errors import ErrorCode
 from serving.mixture import build_mixture
+from trainer.synthetic import random_adapter
 
 
 def _deltas(directory: Path) -> dict[str, np.ndarray]:
@@ -32,18 +33,14 @@ def _deltas(directory: Path) -> dict[str, np.ndarray]:
 @pytest.fixture
 def partial_lora_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Rank 2 on the attention projections only (a module set unlike the others)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(5)
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
-    config = LoraConfig(
-        r=2, lora_alpha=3, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    return random_adapter(
+        tiny_base_dir,
+        tmp_path_factory.mktemp("partial"),
+        seed=5,
+        rank=2,
+        alpha=3,
+        modules=("q_proj", "v_proj"),
     )
-    out = tmp_path_factory.mktemp("partial")
-    get_peft_model(model, config).save_pretrained(out)
-    return out
 
 
 def test_mixture_delta_is_the_weighted_sum_and_is_cached(

@@ -9,6 +9,7 @@ import pytest
 
 from registry import BaseModelInfo, BaseModels, ErrorCode, Registry, SwitchboardError
 from registry.tensors import fingerprint_tensors
+from switchboard.bases import pull
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def test_pull_converts_once(pulled: tuple[BaseModels, BaseModelInfo, bool]) -> N
     assert built
     weights = info.weight_files
     stamps = [p.stat().st_mtime_ns for p in weights]
-    again, built_again = bases.pull()
+    again, built_again = pull(bases)
     assert not built_again and again == info
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing rewritten
     assert info.fingerprint == fingerprint_tensors(weights)

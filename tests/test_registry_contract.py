@@ -20,6 +20,7 @@ from registry import (
     SwitchboardError,
 )
 from registry.tensors import sha256_file
+from switchboard.bases import get_or_hint
 
 
 @contextmanager
@@ -353,5 +354,8 @@ def test_base_models_get_by_path_and_refuse_non_models(
     assert bases.get(str(tiny_base_dir)).fingerprint == info.fingerprint
     with _error(ErrorCode.NOT_FOUND, "not a Hugging Face model directory"):
         bases.get(str(tmp_path))
-    with _error(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
+    with _error(ErrorCode.NOT_FOUND, "not a cached base (cached: none) nor a model directory"):
         bases.get("smollm2-135m-instruct")
+    # The registry only looks up; the layer that knows how to obtain a base says how.
+    with _error(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
+        get_or_hint(bases, "smollm2-135m-instruct")

@@ -13,14 +13,23 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import PROJECTIONS, make_adapter
 from fastapi.testclient import TestClient
 
-from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, Settings
-from serving.app import ROUTE_HEADER, create_app
+from registry import (
+    PROJECTIONS,
+    BaseModelInfo,
+    BaseModels,
+    ManifestDraft,
+    Registry,
+    RegistrySettings,
+)
+from serving.app import create_app
 from serving.engine import SamplingParams
+from serving.openai_format import ROUTE_HEADER
+from serving.settings import ServerSettings
 from trainer.data import load_jsonl
 from trainer.loop import routing_sample
+from trainer.synthetic import random_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +64,7 @@ def _lora(
     rank: int = 4,
     modules: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> Path:
-    return make_adapter(base.path, out, "lora", seed, rank, modules=modules, scale=scale)
+    return random_adapter(base.path, out, "lora", seed, rank, modules=modules, scale=scale)
 
 
 @dataclass
@@ -75,14 +84,14 @@ def world(
     other_base_dir: Path,
 ) -> Iterator[World]:
     home = tmp_path_factory.mktemp("serve-home")
-    registry = Registry(Settings(home=home).registry_url, home)
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
     base = BaseModels(home / "bases").get(str(real_base.path))
     for seed, name in enumerate(("math", "sql"), start=1):
         source = _lora(base, tmp_path_factory.mktemp(name), seed)
         draft = ManifestDraft(routing_examples=requests(name, "train", 30))
         registry.publish(source, name, base, draft=draft)
     registry.routes.add_examples("base", NEGATIVES, "tests")
-    prefix = make_adapter(base.path, tmp_path_factory.mktemp("notes"), "prefix", seed=3)
+    prefix = random_adapter(base.path, tmp_path_factory.mktemp("notes"), "prefix", seed=3)
     registry.publish(prefix, "notes", base)
     other = BaseModels(home / "bases").get(str(other_base_dir))
     registry.publish(foreign_lora_dir, "foreign", other)
@@ -98,7 +107,7 @@ def servers(world: World) -> Iterator[Callable[[str], TestClient]]:
 
         def server(engine: str) -> TestClient:
             if engine not in running:
-                settings = Settings(
+                settings = ServerSettings(
                     home=world.home,
                     base=str(world.base.path),
                     engine=engine,
@@ -139,6 +148,15 @@ def chat(client: openai.OpenAI, model: str, text: str, **kwargs: Any) -> Any:
         max_tokens=kwargs.pop("max_tokens", 12),
         **kwargs,
     )
+
+
+def still_serves(client: openai.OpenAI, before: Any) -> None:
+    """After a refused request, `math` answers as it did before it: same greedy text, same
+    version (the refusal touched nothing else)."""
+    after = chat(client, "math", "hi")
+    assert after.model_extra["switchboard"]["served"]["ref"] == "math:1"
+    assert after.choices[0].message.content == before.choices[0].message.content
+    assert after.choices[0].finish_reason == before.choices[0].finish_reason
 
 
 def test_auto_routes_and_says_what_served(client: openai.OpenAI) -> None:
@@ -264,6 +282,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     )
 
     # A corrupted adapter file: refused with a clear error, nothing else affected.
+    before = chat(client, "math", "hi")
     name = f"broken-{engine}"
     manifest = registry.publish(_lora(base, tmp_path / "broken", seed=9), name, base)
     weights = manifest.files["adapter_model.safetensors"]
@@ -272,7 +291,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     path.write_bytes(b"corrupted")
     with pytest.raises(openai.UnprocessableEntityError, match="registry verify"):
         chat(client, name, "hi")
-    assert chat(client, "math", "hi").choices[0].message.content is not None
+    still_serves(client, before)
 
 
 def test_prefix_adapters_on_each_engine(client: openai.OpenAI, engine: str) -> None:
@@ -280,9 +299,10 @@ def test_prefix_adapters_on_each_engine(client: openai.OpenAI, engine: str) -> N
         answer = chat(client, "notes", "hi")
         assert answer.model_extra["switchboard"]["served"]["ref"] == "notes:1"
     else:
+        before = chat(client, "math", "hi")
         with pytest.raises(openai.BadRequestError, match="vLLM has no prefix adapters"):
             chat(client, "notes", "hi")
-        assert chat(client, "math", "hi").choices[0].message.content is not None
+        still_serves(client, before)
 
 
 def test_a_version_published_while_serving_is_served_without_restart(
@@ -304,9 +324,10 @@ def test_vllm_refuses_a_rank_above_its_limit(
     wide = _lora(world.base, tmp_path / "wide", 5, rank=32)
     world.registry.publish(wide, "wide", world.base)
     client = openai_client(servers("vllm"))
+    before = chat(client, "math", "hi")
     with pytest.raises(openai.BadRequestError, match="rank 32 is above this server's max_lora"):
         chat(client, "wide", "hi")
-    assert chat(client, "math", "hi").choices[0].message.content is not None
+    still_serves(client, before)
 
 
 def greedy_with_margins(base: BaseModelInfo, adapter: Path, prompt: str, count: int) -> Any:
@@ -388,7 +409,7 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
 
 def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
     """The key check runs before anything else: no model needs to be loaded to test it."""
-    settings = Settings(home=tmp_path, api_keys=["client-key"], admin_keys=["admin-key"])
+    settings = ServerSettings(home=tmp_path, api_keys=["client-key"], admin_keys=["admin-key"])
     http = TestClient(create_app(settings))  # no lifespan: the engine never starts
     body = {"model": "base", "messages": [{"role": "user", "content": "hi"}]}
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "client-key"}):
@@ -412,7 +433,7 @@ def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
             alias, json={"version": 1}, headers={"authorization": "Bearer client-key"}
         ).json()["error"]["message"]
     )
-    open_app = TestClient(create_app(Settings(home=tmp_path)))
+    open_app = TestClient(create_app(ServerSettings(home=tmp_path)))
     assert open_app.post("/v1/chat/completions", json=body).status_code == 429
     assert open_app.put(alias, json={"version": 1}).status_code == 429
 

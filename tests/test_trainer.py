@@ -16,8 +16,10 @@ import pytest
 
 from registry import MANIFEST_FILE, BaseModelInfo, Registry, SwitchboardError
 from registry.tensors import fingerprint_tensors
+from trainer.config import TrainConfig
 from trainer.data import Dataset, load_jsonl
-from trainer.loop import TrainConfig, assert_frozen, train_adapter
+from trainer.loop import train_adapter
+from trainer.peft_setup import assert_frozen
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -236,7 +238,7 @@ def test_prefix_starts_as_real_text_prepended(real_base: BaseModelInfo) -> None:
     from peft import PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.loop import init_prefix_from_text
+    from trainer.peft_setup import init_prefix_from_text
 
     tokenizer = AutoTokenizer.from_pretrained(real_base.path)
     base = AutoModelForCausalLM.from_pretrained(real_base.path)

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from registry import ErrorCode, SwitchboardError
+from trainer.config import TrainConfig
 from trainer.data import load_jsonl
-from trainer.loop import TrainConfig, length_grouped_batches, routing_sample, split
+from trainer.encoding import length_grouped_batches
+from trainer.loop import routing_sample, split
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -1,4 +1,7 @@
-"""Switchboard's trainer: PEFT adapters (LoRA, prefix) on a frozen base, and the demo data.
+"""Switchboard's trainer: PEFT adapters (LoRA, prefix) on a frozen base, one domain at a time.
 
-`trainer.loop` imports torch inside its functions; importing this package stays light.
+`config` (what a run is asked for), `data` (the JSONL formats), `encoding` (tokens, masked
+labels, batches), `losses`, `peft_setup` (the adapter and the frozen-base checks), `loop`
+(`train_adapter`), `synthetic` (untrained adapters for tests and benchmarks). Imports
+`registry` only; torch loads inside the functions that need it.
 """

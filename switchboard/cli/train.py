@@ -1,4 +1,4 @@
-"""`switchboard train …` and `switchboard data build`."""
+"""`switchboard train …`: one adapter on the frozen base, optionally published."""
 
 from __future__ import annotations
 
@@ -11,38 +11,11 @@ from typing import Annotated
 
 import typer
 
-from registry.cli import JsonFlag, emit, open_bases, open_registry, settings_of
+from switchboard.cli.kit import JsonFlag, emit, open_base, open_registry, settings_of
 
 log = logging.getLogger(__name__)
-data_app = typer.Typer(help="Demo data from real public sources.")
 
 _DEFAULT_DATA = Path("data")
-
-
-@data_app.command("build")
-def data_build(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Where to write the domains.")] = _DEFAULT_DATA,
-    sdist: Annotated[
-        Path | None,
-        typer.Option(help="A downloaded bigbench-1.0.0.tar.gz (default: pip downloads it)."),
-    ] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Build the demo domains (math, sql, science, code, dialogue) and a general-text sample."""
-    from rich.console import Console
-
-    from registry.pypi import download
-    from trainer.demo_data import BIGBENCH, build
-
-    with Console(stderr=True).status("building demo data (BIG-bench sdist, 358 MB, once)…"):
-        archive = sdist or download(BIGBENCH, settings_of(ctx).home_dir / "downloads", sdist=True)
-        counts = build(out, archive)
-    emit(
-        {"out": str(out), "domains": counts},
-        as_json,
-        "\n".join(f"{out / d}: {c}" for d, c in counts.items()),
-    )
 
 
 def train(
@@ -89,8 +62,9 @@ def train(
 ) -> None:
     """Train one adapter on the frozen base; with --publish it becomes NAME's next version."""
     from registry.refs import validate_name
+    from trainer.config import DEFAULT_TARGETS, TrainConfig
     from trainer.data import load_jsonl
-    from trainer.loop import DEFAULT_TARGETS, TrainConfig, train_adapter
+    from trainer.loop import train_adapter
 
     validate_name(name)
     config = TrainConfig(
@@ -109,7 +83,7 @@ def train(
         routing_examples=routing_examples,
     )
     settings = settings_of(ctx)
-    base_info = open_bases(ctx).get(base or settings.base)
+    base_info = open_base(ctx, base)
     train_set = load_jsonl(data, max_bad_fraction=max_bad_fraction)
     eval_set = load_jsonl(eval_data, max_bad_fraction=max_bad_fraction) if eval_data else None
     general_path = general_data or _DEFAULT_DATA / "general" / "eval.jsonl"

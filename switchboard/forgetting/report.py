@@ -17,32 +17,28 @@ domain of (final score - score just after training it); negative means forgotten
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
-from trainer.continual import Remedy, Schedule, SequentialFineTuner
+from switchboard.demo_data import DOMAINS
+from switchboard.forgetting.budget import Budget
+from switchboard.forgetting.continual import Schedule, SequentialFineTuner
+from switchboard.forgetting.probe import Meter, Scores, build_probe
+from trainer.config import TrainConfig
 from trainer.data import Dataset, Example, load_jsonl
-from trainer.demo_data import DOMAINS
-from trainer.loop import (
-    IGNORE,
-    Encoded,
-    TrainConfig,
-    encode,
-    loss_per_row,
-    pad_id,
-    token_mean,
-    train_adapter,
-)
+from trainer.encoding import Encoded, encode, pad_id
+from trainer.loop import train_adapter
+
+if TYPE_CHECKING:
+    from registry.store import Registry
+    from router.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -56,81 +52,6 @@ LABELS = {
     "l2sp": "full FT + L2-SP",
     SWITCHBOARD: "Switchboard (LoRA per domain + router)",
 }
-# Chooses, per request text, the adapter to score it with (None: the base).
-Chooser = Callable[[list[str]], list[str | None]]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Sizes that keep the whole report within about 30 minutes on a 2-core CPU."""
-
-    steps: int = 8  # per domain, every method, batches of `batch_size`
-    batch_size: int = 8
-    max_length: int = 192
-    eval_rows: int = 16  # held-out rows per domain
-    general_rows: int = 16  # XSum articles for perplexity (the last rows of the file)
-    knowledge: int = 70  # general_knowledge questions (all of them)
-    full_lr: float = 3e-5
-    lora_lr: float = 3e-4
-    replay: float = 0.25
-    ewc_strength: float = 100.0  # λ, on a Fisher scaled to mean 1
-    l2sp_strength: float = 100.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "steps must be >= 1": self.steps >= 1,
-            "batch_size must be >= 2 (replay takes a share of each batch)": self.batch_size >= 2,
-            "max_length must be >= 8": self.max_length >= 8,
-            "eval_rows must be >= 1": self.eval_rows >= 1,
-            "general_rows must be >= 1": self.general_rows >= 1,
-            "knowledge must be >= 1": self.knowledge >= 1,
-            "learning rates must be > 0": self.full_lr > 0 and self.lora_lr > 0,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise SwitchboardError(ErrorCode.INVALID_INPUT, "; ".join(failed))
-
-    def remedy(self, name: str) -> Remedy:
-        return {
-            "full": Remedy("full"),
-            "replay": Remedy("replay", replay=self.replay),
-            "ewc": Remedy("ewc", penalty="ewc", strength=self.ewc_strength),
-            "l2sp": Remedy("l2sp", penalty="l2sp", strength=self.l2sp_strength),
-        }[name]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One scored sequence and the request text the router sees for it."""
-
-    encoded: Encoded
-    request: str
-
-
-@dataclass(frozen=True)
-class Question:
-    request: str
-    choices: tuple[Encoded, ...]
-    answer: int
-
-
-@dataclass
-class Probe:
-    """The fixed measurement sets, encoded once."""
-
-    domains: dict[str, list[Item]]
-    general: list[Item]
-    knowledge: list[Question]
-
-
-@dataclass
-class Scores:
-    domain_loss: dict[str, float]  # the domains measured
-    general_perplexity: float | None = None
-    knowledge_accuracy: float | None = None
-    knowledge_logprob: float | None = None  # mean log p(right answer)
-    routes: dict[str, dict[str, int]] = field(default_factory=dict)  # probe -> route -> count
 
 
 @dataclass
@@ -165,106 +86,6 @@ class Report:
             "base": asdict(self.base),
             "methods": [asdict(m) for m in self.methods],
         }
-
-
-def encode_question(tokenizer: Any, question: str, choice: str) -> Encoded:
-    """`Question: …\\nAnswer: <choice>`, the loss taken on the choice's tokens only."""
-    prompt = tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=False)["input_ids"]
-    answer = tokenizer(f" {choice}", add_special_tokens=False)["input_ids"]
-    return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer)
-
-
-def build_probe(tokenizer: Any, data: Path, order: Sequence[str], budget: Budget) -> Probe:
-    def items(examples: Sequence[Example]) -> list[Item]:
-        out = []
-        for example in examples:
-            encoded = encode(tokenizer, example, budget.max_length)
-            if encoded is not None:
-                out.append(Item(encoded, example.request))
-        return out
-
-    domains = {
-        d: items(load_jsonl(data / d / "eval.jsonl").examples[: budget.eval_rows]) for d in order
-    }
-    # The last rows of the general file: the first ones are replay's general text.
-    general = items(load_jsonl(data / "general" / "eval.jsonl").examples[-budget.general_rows :])
-    knowledge = []
-    with (data / "general" / "knowledge.jsonl").open(encoding="utf-8") as f:
-        for line in list(f)[: budget.knowledge]:
-            row = json.loads(line)
-            choices = tuple(encode_question(tokenizer, row["question"], c) for c in row["choices"])
-            knowledge.append(Question(row["question"], choices, int(row["answer"])))
-    return Probe(domains, general, knowledge)
-
-
-@contextlib.contextmanager
-def _active(model: Any, adapter: str | None) -> Iterator[None]:
-    """Score with `adapter` (a PEFT adapter name) or, for None, with the plain base."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        yield
-    elif adapter is None:
-        with model.disable_adapter():
-            yield
-    else:
-        model.set_adapter(adapter)
-        yield
-
-
-class Meter:
-    """Measures a model on the probe; with a chooser, each request under its chosen adapter."""
-
-    def __init__(self, probe: Probe, pad_id: int, batch_size: int) -> None:
-        self.probe = probe
-        self.pad_id = pad_id
-        self.batch_size = batch_size
-
-    def losses(
-        self, model: Any, items: Sequence[Item], choose: Chooser | None
-    ) -> tuple[list[tuple[float, int]], Counter[str]]:
-        chosen: list[str | None] = [None] * len(items)
-        if choose:  # each distinct request routed once (a question's choices share one)
-            unique = list(dict.fromkeys(i.request for i in items))
-            picks = dict(zip(unique, choose(unique), strict=True))
-            chosen = [picks[i.request] for i in items]
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(items)
-        for adapter in set(chosen):
-            picked = [i for i, c in enumerate(chosen) if c == adapter]
-            with _active(model, adapter):
-                rows = loss_per_row(
-                    model, [items[i].encoded for i in picked], self.batch_size, self.pad_id
-                )
-            for i, row in zip(picked, rows, strict=True):
-                out[i] = row
-        return out, Counter(c or "base" for c in chosen) if choose else Counter()
-
-    def domains(
-        self, model: Any, names: Sequence[str], choose: Chooser | None = None
-    ) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
-        losses, routes = {}, {}
-        for name in names:
-            rows, counts = self.losses(model, self.probe.domains[name], choose)
-            losses[name] = token_mean(rows)
-            routes[name] = dict(counts)
-        return losses, routes
-
-    def everything(self, model: Any, choose: Chooser | None = None) -> Scores:
-        losses, routes = self.domains(model, list(self.probe.domains), choose)
-        rows, counts = self.losses(model, self.probe.general, choose)
-        perplexity = math.exp(token_mean(rows))
-        routes["general"] = dict(counts)
-        flat = [Item(choice, q.request) for q in self.probe.knowledge for choice in q.choices]
-        rows, counts = self.losses(model, flat, choose)
-        routes["knowledge"] = dict(counts)
-        right, logprob, at = 0, 0.0, 0
-        for q in self.probe.knowledge:
-            logps = [-total for total, _ in rows[at : at + len(q.choices)]]
-            at += len(q.choices)
-            right += max(range(len(logps)), key=logps.__getitem__) == q.answer
-            logprob += logps[q.answer]
-        count = max(len(self.probe.knowledge), 1)
-        return Scores(losses, perplexity, right / count, logprob / count, routes)
 
 
 def training_rows(data: Path, domain: str, budget: Budget) -> Dataset:
@@ -315,18 +136,29 @@ def run_remedy(name: str, setting: Setting) -> MethodResult:
     return result
 
 
+def scratch_registry(home: Path, data: Path) -> tuple[Registry, Router]:
+    """A registry of the report's own under `home`, its `base` route given the demo's general
+    requests, and a router over it. Plain settings: it never follows SWITCHBOARD_* to a
+    shared registry."""
+    from registry.routing import BASE_ROUTE
+    from registry.settings import RegistrySettings
+    from registry.store import Registry
+    from router.files import read_routes
+    from router.router import RegistryRoutes, build_router
+    from router.settings import RouterSettings
+
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
+    general_requests = read_routes(data / "general" / "routes.jsonl")[BASE_ROUTE]
+    registry.routes.add_examples(BASE_ROUTE, general_requests, "demo data")
+    return registry, build_router(RouterSettings(), RegistryRoutes(registry), home / "embeddings")
+
+
 def run_switchboard(setting: Setting) -> MethodResult:
     """A LoRA per domain on the frozen base, published to a scratch registry, measured
     through the router after each domain is added (the router sees only what exists)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from registry.routing import BASE_ROUTE
-    from registry.settings import Settings
-    from registry.store import Registry
-    from router.files import read_routes
-    from router.router import RegistryRoutes, build_router
 
     budget, meter = setting.budget, setting.meter
     config = TrainConfig(
@@ -340,11 +172,7 @@ def run_switchboard(setting: Setting) -> MethodResult:
     )
     with tempfile.TemporaryDirectory(prefix="switchboard-forgetting-") as scratch:
         home = Path(scratch)
-        settings = Settings(home=home)
-        registry = Registry(settings.registry_url, home)
-        general_requests = read_routes(setting.data / "general" / "routes.jsonl")[BASE_ROUTE]
-        registry.routes.add_examples(BASE_ROUTE, general_requests, "demo data")
-        router = build_router(settings, RegistryRoutes(registry))
+        registry, router = scratch_registry(home, setting.data)
         model: Any = AutoModelForCausalLM.from_pretrained(setting.base.path, dtype=torch.float32)
         stages, seconds, trainable = [], 0.0, 0
 

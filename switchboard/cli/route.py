@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from registry.cli import JsonFlag, emit, open_registry, print_table, settings_of
+from switchboard.cli.kit import JsonFlag, busy, emit, open_registry, print_table, settings_of
 
 if TYPE_CHECKING:
     from registry.store import Registry
@@ -44,8 +44,9 @@ def _load_router(ctx: typer.Context, source: RouteSource, method: Method | None 
     from router.router import build_router
 
     _quiet_loading()
-    with _busy("loading the encoder and routes…"):
-        router = build_router(settings_of(ctx), source, method)
+    settings = settings_of(ctx)
+    with busy("loading the encoder and routes…"):
+        router = build_router(settings, source, settings.home_dir / "embeddings", method)
         router.index()
     return router
 
@@ -63,12 +64,6 @@ def _quiet_loading() -> None:
     import transformers.utils.logging
 
     transformers.utils.logging.disable_progress_bar()
-
-
-def _busy(message: str) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True).status(message)
 
 
 @route_app.command("decide", hidden=True)
@@ -114,7 +109,7 @@ def evaluate_command(
         router = _registry_router(ctx, method)
     else:
         router = _load_router(ctx, FileRoutes(routes), method)
-    with _busy(f"routing {len(rows)} requests…"):
+    with busy(f"routing {len(rows)} requests…"):
         report = evaluate(router, rows)
     if plot is not None:
         plot_confusion(report, plot, f"Routing: {data.name}")
@@ -156,7 +151,7 @@ def calibrate_command(
     rows = read_labelled(data)
     registry = open_registry(ctx)
     router = _registry_router(ctx, registry=registry)
-    with _busy(f"scoring {len(rows)} held-out requests…"):
+    with busy(f"scoring {len(rows)} held-out requests…"):
         thresholds = calibrate(router, rows)
     if not dry_run:
         registry.routes.set_thresholds(router.encoder.identity, thresholds)

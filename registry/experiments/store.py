@@ -1,135 +1,47 @@
-"""A/B tests of adapter versions, kept in the registry's database so every replica sees them.
-
-While an experiment runs, every request that resolves to its adapter (by name, or through
-routing) is given one of its arms: sticky per key when the request carries one (a hash of
-experiment and key, so a user keeps their arm across requests and replicas), uniform per
-request otherwise. Each response served by an arm is recorded (an *exposure*), and feedback
-is tied to exposures by response id. Promotion moves the `prod` alias and ends the
-experiment in one transaction.
+"""A/B tests kept in the registry's database, so every replica sees them: definitions, the
+record of every response an arm served (an *exposure*), and feedback tied to exposures by
+response id. Promotion moves the `prod` alias and ends the experiment in one transaction.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from registry import queries
 from registry.aliases import point_alias
 from registry.db import as_utc
 from registry.errors import ErrorCode, SwitchboardError
-from registry.refs import PROD_ALIAS, AdapterRef, validate_name
-from registry.schema import (
-    AdapterRow,
-    ArmRow,
-    ExperimentRow,
-    ExposureRow,
-    FeedbackRow,
-    VersionRow,
+from registry.experiments.model import (
+    BASE_ARM,
+    SCORE_RANGE,
+    Arm,
+    Experiment,
+    Exposure,
+    parse_key,
 )
-
-if TYPE_CHECKING:
-    from registry.store import Registry
+from registry.records import VersionInfo
+from registry.refs import PROD_ALIAS, AdapterRef, validate_name
+from registry.schema import ArmRow, ExperimentRow, ExposureRow, FeedbackRow
 
 log = logging.getLogger(__name__)
 
-BASE_ARM = "base"
-SCORE_RANGE = (0.0, 1.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    position: int
-    ref: str  # "legal:3" (a pinned version) or "base"
-    share: float
-
-    @property
-    def is_base(self) -> bool:
-        return self.ref == BASE_ARM
-
-
-@dataclass(frozen=True, slots=True)
-class Experiment:
-    id: int
-    name: str
-    adapter: str
-    key_header: str | None
-    arms: tuple[Arm, ...]
-    started_at: datetime
-    stopped_at: datetime | None
-    outcome: str | None
-
-    @property
-    def running(self) -> bool:
-        return self.stopped_at is None
-
-    def assign(self, key: str | None, exclude: frozenset[int] = frozenset()) -> Arm | None:
-        """The arm for a request: sticky per key (a hash of experiment and key), uniform
-        without one. Arms in `exclude` (out of rotation) are skipped, shares renormalised."""
-        live = [arm for arm in self.arms if arm.position not in exclude]
-        if not live:
-            return None
-        if key is None:
-            point = random.random()
-        else:
-            digest = hashlib.sha256(f"{self.name}\0{key}".encode()).digest()
-            point = int.from_bytes(digest[:8], "big") / 2**64
-        total = sum(arm.share for arm in live)
-        cumulative = 0.0
-        for arm in live:
-            cumulative += arm.share / total
-            if point < cumulative:
-                return arm
-        return live[-1]  # rounding at the top end
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "adapter": self.adapter,
-            "key": f"header:{self.key_header}" if self.key_header else None,
-            "arms": [{"ref": a.ref, "share": a.share} for a in self.arms],
-            "started_at": self.started_at.isoformat(),
-            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
-            "outcome": self.outcome,
-            "running": self.running,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    position: int
-    latency_s: float
-    prompt_tokens: int
-    completion_tokens: int
-    thumbs_up: tuple[bool, ...]
-    scores: tuple[float, ...]
-
-
-def parse_key(key: str | None) -> str | None:
-    """`header:X-User-Id` -> the header's name (lower case, as HTTP compares them)."""
-    if key is None:
-        return None
-    kind, _, header = key.partition(":")
-    if kind != "header" or not header.strip():
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT, f"--key must look like header:X-User-Id, not {key!r}"
-        )
-    return header.strip().lower()
-
 
 class ExperimentStore:
-    def __init__(self, engine: Engine, writer: Engine, registry: Registry) -> None:
+    def __init__(self, engine: Engine, writer: Engine) -> None:
         self._engine = engine
         self._writer = writer
-        self._registry = registry
+
+    def _resolve(self, ref: str) -> VersionInfo:
+        with self._engine.connect() as conn:
+            return queries.resolve(conn, AdapterRef.parse(ref))
 
     # ---- definition -----------------------------------------------------------------------
 
@@ -153,7 +65,7 @@ class ExperimentStore:
                 raise SwitchboardError(
                     ErrorCode.INVALID_INPUT, f"arm {ref} is not a version of {adapter}"
                 )
-            pinned.append((self._registry.resolve(ref).ref, share))
+            pinned.append((self._resolve(ref).ref, share))
         refs = [ref for ref, _ in pinned]
         if len(set(refs)) != len(refs):
             raise SwitchboardError(ErrorCode.INVALID_INPUT, f"an arm appears twice: {refs}")
@@ -256,7 +168,7 @@ class ExperimentStore:
                 ErrorCode.INVALID_INPUT,
                 "base is not a version to promote: stop the experiment to keep the base",
             )
-        version = self._registry.resolve(ref)
+        version = self._resolve(ref)
         arm_refs = [a.ref for a in experiment.arms if not a.is_base]
         if version.ref not in arm_refs:
             raise SwitchboardError(
@@ -265,8 +177,7 @@ class ExperimentStore:
             )
         with Session(self._writer) as session, session.begin():
             self._end(session, name, f"promoted {version.ref}")
-            row = session.get(VersionRow, _version_id(session, version.ref))
-            assert row is not None
+            row = queries.version_row(session, AdapterRef.parse(version.ref))
             point_alias(session, row.adapter_id, PROD_ALIAS, row.id)
         log.info("experiment %s: promoted %s to %s@prod", name, version.ref, experiment.adapter)
         return self.get(name)
@@ -379,16 +290,5 @@ class ExperimentStore:
 
 
 def _version_id(session: Session, ref: str) -> int:
-    name, _, number = ref.partition(":")
-    version_id = session.scalar(
-        select(VersionRow.id)
-        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
-        .where(
-            AdapterRow.name == name,
-            VersionRow.version == int(number),
-            VersionRow.deleted_at.is_(None),
-        )
-    )
-    if version_id is None:
-        raise SwitchboardError(ErrorCode.NOT_FOUND, f"no live version {ref}")
-    return int(version_id)
+    """The row id of a pinned arm's version (`name:N`), inside the caller's transaction."""
+    return queries.version_row(session, AdapterRef.parse(ref)).id

@@ -1,4 +1,4 @@
-"""`switchboard serve`: the OpenAI-compatible server."""
+"""`switchboard serve` (the OpenAI-compatible server) and `switchboard demo`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from registry.cli import JsonFlag, emit, settings_of
+from switchboard.cli.kit import JsonFlag, emit, open_base, settings_of
 
 
 def serve(
@@ -34,6 +34,7 @@ def serve(
     if base is not None:
         settings.base = str(base)
     settings.engine = engine
+    open_base(ctx, settings.base)  # a missing base fails here, saying how to get it
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -60,7 +61,7 @@ def demo(
     runs), serve in process, send mixed requests with model=auto and show what served each."""
     from rich.console import Console
 
-    from serving.demo import run_demo
+    from switchboard.demo import run_demo
 
     settings = settings_of(ctx)
     settings.engine = engine

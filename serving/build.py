@@ -1,0 +1,67 @@
+"""Building a server's parts from its settings: the registry, the engine the settings name,
+and a router over the adapters that engine can serve for the served base."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from registry.errors import ErrorCode, SwitchboardError
+from registry.records import VersionInfo
+from serving.engine import Engine
+from serving.service import Service, unservable
+from serving.settings import EngineSettings, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: ServerSettings) -> Service:
+    """Registry, router (over the adapters of the served base that the engine can serve)
+    and the engine that `settings.engine` names."""
+    from registry.bases import BaseModels
+    from registry.store import Registry
+    from router.router import RegistryRoutes, build_router
+
+    registry = Registry(settings.registry_url, settings.home_dir)
+    base = BaseModels(settings.bases_dir).get(settings.base)
+    engine = build_engine(settings, base.path)
+
+    def servable(version: VersionInfo) -> bool:
+        return unservable(version, base, engine) is None
+
+    routes = RegistryRoutes(registry, accept=servable)
+    router = build_router(settings, routes, settings.home_dir / "embeddings")
+    return Service(registry, router, engine, base)
+
+
+def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
+    """`auto` takes vLLM where it is installed and supports the base, else transformers."""
+    from serving.hf_engine import HFEngine
+    from serving.vllm_engine import VLLMEngine, VLLMOptions, vllm_supports
+
+    choice = settings.engine
+    if choice in ("auto", "vllm"):
+        reason = vllm_supports(base_dir)
+        if reason is None:
+            choice = "vllm"
+        elif choice == "vllm":
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"engine vllm: {reason}")
+        else:
+            log.info("engine auto: transformers+PEFT (%s)", reason)
+            choice = "hf"
+    if choice == "vllm":
+        options = VLLMOptions(
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
+            max_lora_rank=settings.max_lora_rank,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+        return VLLMEngine(base_dir, options)
+    return HFEngine(
+        base_dir,
+        max_adapters=settings.max_loras,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+    )

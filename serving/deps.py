@@ -1,0 +1,33 @@
+"""What routes depend on, as typed aliases: the service once the engine is up, the registry,
+the key check. Routes of every module (the app, the admin API) take them from here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from registry.errors import ErrorCode, SwitchboardError
+from registry.store import Registry
+from serving.auth import check_key
+from serving.service import Service
+
+
+def get_service(request: Request) -> Service:
+    if not request.app.state.ready:
+        raise SwitchboardError(ErrorCode.CAPACITY, "the server is starting")
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+KeyDep = [Depends(check_key)]
+
+
+def get_registry(request: Request) -> Registry:
+    return get_service(request).registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]

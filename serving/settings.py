@@ -1,0 +1,62 @@
+"""What a server needs: where the registry is, how to route, which engine, which keys.
+
+Plain models (entry points fill them in; `switchboard.settings` from the environment). A
+server builds the registry and the router itself, so its settings are theirs plus its own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from registry.settings import RegistrySettings
+from router.settings import RouterSettings
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM sizes its buffers for
+
+
+class EngineSettings(BaseModel):
+    engine: Literal["auto", "vllm", "hf"] = Field(
+        default="auto",
+        description="serving engine: vllm (multi-LoRA), hf (transformers+PEFT, also serves "
+        "prefix adapters) or auto (vllm when installed and it supports the base, else hf)",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="weights' dtype in the serving engine"
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="context length served; default: the base's own"
+    )
+    max_loras: int = Field(
+        default=8, ge=1, description="LoRA adapters in one batch / on the accelerator at once"
+    )
+    max_cpu_loras: int = Field(
+        default=32, ge=1, description="vLLM: adapters kept loaded in host memory"
+    )
+    max_lora_rank: int = Field(
+        default=64,
+        description="vLLM: the largest LoRA rank served (a mixture's rank is the sum of its "
+        "components')",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="vLLM: share of accelerator memory it takes"
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _a_vllm_rank(cls, rank: int) -> int:
+        if rank not in LORA_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, LORA_RANKS))}")
+        return rank
+
+
+class ServerSettings(RegistrySettings, RouterSettings, EngineSettings):
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="keys a client may generate with (JSON list); none: no key needed",
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="keys that may also change the registry through the API (JSON list)",
+    )

@@ -1,0 +1,29 @@
+"""The house: no import cycles between Switchboard's modules. (The layers themselves are
+import-linter contracts in pyproject.toml, checked by `lint-imports` in CI.)"""
+
+from __future__ import annotations
+
+PACKAGES = ("registry", "router", "trainer", "serving", "switchboard")
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True)
+    cycles = sorted(
+        (module, imported)
+        for module in graph.modules
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported != module and graph.chain_exists(importer=imported, imported=module)
+    )
+    assert cycles == []
+
+
+def test_the_graph_sees_the_imports_it_checks() -> None:
+    """The check above could fail: the graph does hold real edges between the packages."""
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True)
+    assert graph.chain_exists(importer="serving.app", imported="registry.errors")
+    assert graph.chain_exists(importer="switchboard.cli.main", imported="serving.app")
+    assert not graph.chain_exists(importer="registry.store", imported="serving.app")
