@@ -13,10 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
-from registry.errors import ErrorCode, SwitchboardError
-from registry.schema import Base
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,7 +23,7 @@ _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def open_engine(url: str) -> Engine:
-    """Create the engine and the tables if missing.
+    """An engine for the registry database (its schema is `registry.migrate`'s business).
 
     On SQLite, writes take the database lock when their transaction starts (`BEGIN
     IMMEDIATE`), so two processes publishing at once queue on the busy timeout instead of
@@ -42,16 +39,6 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    for attempt in range(2):  # a second try sees tables another process created meanwhile
-        try:
-            with engine.execution_options(**{WRITE: True}).begin() as conn:
-                Base.metadata.create_all(conn)
-            break
-        except (OperationalError, ProgrammingError) as exc:
-            if attempt == 1:
-                raise SwitchboardError(
-                    ErrorCode.INVALID_INPUT, f"cannot open registry database {parsed!r}: {exc}"
-                ) from exc
     return engine
 
 

@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     INTERRUPTED = "interrupted"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    SCHEMA = "schema_out_of_date"
 
 
 class SwitchboardError(Exception):

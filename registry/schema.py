@@ -1,4 +1,8 @@
-"""SQL tables of the registry (SQLAlchemy; the same schema on SQLite and PostgreSQL)."""
+"""SQL tables of the registry (SQLAlchemy; the same schema on SQLite and PostgreSQL).
+
+These models describe the schema at the newest migration (`registry/migrations/versions`):
+a change here is a new migration there, and a test checks that the two agree.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class VersionRow(Base):
     __table_args__ = (UniqueConstraint("adapter_id", "version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), index=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"))  # led by the unique key
     version: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(16))
     rank: Mapped[int | None] = mapped_column(Integer)
@@ -90,7 +94,7 @@ class RouteExampleRow(Base):
     __table_args__ = (UniqueConstraint("route", "text_sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    route: Mapped[str] = mapped_column(String(63), index=True)
+    route: Mapped[str] = mapped_column(String(63))  # led by the unique key
     text: Mapped[str] = mapped_column(Text)
     text_sha256: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(255))

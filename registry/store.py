@@ -35,6 +35,7 @@ from registry.manifest import (
     read_draft,
     tool_versions,
 )
+from registry.migrate import ensure_schema
 from registry.records import AdapterSummary, VerifyResult, VersionInfo
 from registry.refs import AdapterRef, served_name, validate_name
 from registry.routing import RouteStore
@@ -55,6 +56,7 @@ class Registry:
         self.blobs = BlobStore(home / "blobs")
         self._copies = VersionFiles(self.blobs, home / "checkouts")
         self._engine: Engine = open_engine(database_url)
+        ensure_schema(self._engine)  # created at the newest revision, or refused if behind
         self._writer: Engine = writer(self._engine)
         self.routes = RouteStore(self._engine, self._writer)
         self.experiments = ExperimentStore(self._engine, self._writer)

@@ -18,6 +18,7 @@ STATUS = {
     ErrorCode.CAPACITY: 429,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.SCHEMA: 503,
 }
 _TYPES = {
     401: "authentication_error",
@@ -25,6 +26,7 @@ _TYPES = {
     404: "not_found_error",
     409: "conflict_error",
     429: "rate_limit_error",
+    503: "server_error",
 }
 
 

@@ -242,3 +242,23 @@ def export(ctx: typer.Context, ref: str, directory: Path, as_json: JsonFlag = Fa
         as_json,
         f"exported {manifest.ref} to {directory}",
     )
+
+
+@registry_app.command("upgrade")
+def upgrade(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Apply pending schema migrations to the registry database (every replica may then run
+    the new Switchboard)."""
+    from registry.db import open_engine
+    from registry.migrate import upgrade as apply
+
+    engine = open_engine(settings_of(ctx).registry_url)
+    try:
+        before, after = apply(engine)
+    finally:
+        engine.dispose()
+    text = (
+        f"already at schema revision {after}"
+        if before == after
+        else (f"schema revision {before or 'none (new database)'} -> {after}")
+    )
+    emit({"from": before, "to": after, "changed": before != after}, as_json, text)

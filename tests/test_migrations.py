@@ -1,0 +1,210 @@
+"""Schema migrations: a new database is created at the newest revision; an older one is
+refused until `switchboard registry upgrade`, which keeps every record. On SQLite and on
+PostgreSQL (the `database_url` fixture)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, inspect, select, text
+
+from registry import BaseModelInfo, ErrorCode, ManifestDraft, Registry, SwitchboardError
+from registry.db import open_engine, writer
+from registry.manifest import Component
+from registry.migrate import BASELINE, _config, head, upgrade
+from registry.schema import Base
+
+SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+
+
+def _fill(registry: Registry, base: BaseModelInfo, lora: Path, lora_2: Path) -> None:
+    """A record of every kind the registry keeps."""
+    registry.publish(lora, "legal", base)
+    registry.publish(lora_2, "legal", base, parent="legal:1")
+    registry.publish(
+        lora, "blend", base, draft=ManifestDraft(components=[Component(ref="legal:1", weight=0.7)])
+    )
+    registry.publish(lora_2, "old", base)
+    registry.delete("old:1")  # a deleted version
+    registry.set_alias("legal", "prod", 1)
+    registry.set_alias("legal", "canary", 2)
+    registry.routes.add_examples("legal", ["Is a verbal contract binding?"], "tests")
+    registry.routes.add_examples("base", ["What is the capital of France?"], "tests")
+    registry.routes.set_thresholds("encoder-x", {"legal": (0.31, 12)})
+    experiment = registry.experiments.create(
+        "legal-ab", "legal", [("legal:1", 0.5), ("legal:2", 0.5)], key="header:X-User"
+    )
+    registry.experiments.record("resp-1", experiment, experiment.arms[1], 0.25, 11, 7)
+    registry.experiments.feedback("resp-1", thumbs_up=True, score=0.8, label="good")
+
+
+def _dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every registry table, in a stable order."""
+    with engine.connect() as conn:
+        return {
+            table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+            for table in Base.metadata.sorted_tables
+        }
+
+
+def _to(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with writer(engine).begin() as conn:
+        command.downgrade(_config(conn), revision)
+
+
+def _indexes(engine: Engine, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return {i["name"] for i in inspect(conn).get_indexes(table) if i["name"]}
+
+
+def _cli(database_url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SWITCHBOARD, "--home", str(home), "--database-url", database_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )
+
+
+def test_a_new_database_is_created_at_the_newest_revision(database_url: str, home: Path) -> None:
+    Registry(database_url, home).close()
+    engine = open_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0002"
+    assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
+    engine.dispose()
+    Registry(database_url, home).close()  # and opens again as it is
+    result = _cli(database_url, home, "registry", "upgrade", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"from": "0002", "to": "0002", "changed": False}
+
+
+def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_record(
+    database_url: str, home: Path, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    registry = Registry(database_url, home)
+    _fill(registry, tiny_base, lora_dir, lora_dir_2)
+    registry.close()
+    engine = open_engine(database_url)
+    records = _dump(engine)
+    assert all(records.values()), [name for name, rows in records.items() if not rows]
+
+    _to(engine, BASELINE)
+    assert "ix_route_examples_route" in _indexes(engine, "route_examples")
+    assert _dump(engine) == records
+
+    with pytest.raises(SwitchboardError) as refused:
+        Registry(database_url, home)
+    assert refused.value.code == ErrorCode.SCHEMA
+    assert "at schema revision 0001" in refused.value.message
+    assert "run `switchboard registry upgrade`" in refused.value.message
+    listed = _cli(database_url, home, "registry", "list")  # the CLI refuses in one line
+    assert listed.returncode == 1
+    assert listed.stderr.strip().count("\n") == 0
+    assert "switchboard registry upgrade" in listed.stderr
+
+    upgraded = _cli(database_url, home, "registry", "upgrade", "--json")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0002", "changed": True}
+    assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
+    assert "ix_adapter_versions_adapter_id" not in _indexes(engine, "adapter_versions")
+    assert _dump(engine) == records
+    engine.dispose()
+
+    registry = Registry(database_url, home)  # and it serves as before
+    assert registry.resolve("legal").ref == "legal:1"
+    assert registry.resolve("legal@canary").parent == "legal:1"
+    assert registry.manifest("blend:1").components[0].ref == "legal:1"
+    assert registry.find("old:1") is None
+    assert registry.routes.thresholds("encoder-x") == {"legal": 0.31}
+    assert [e.thumbs_up for e in registry.experiments.exposures("legal-ab")] == [(True,)]
+    registry.close()
+
+
+def test_a_registry_from_before_migrations_is_the_baseline(
+    database_url: str, home: Path, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    """Tables and no recorded revision: what `create_all` made before migrations existed."""
+    registry = Registry(database_url, home)
+    _fill(registry, tiny_base, lora_dir, lora_dir_2)
+    registry.close()
+    engine = open_engine(database_url)
+    records = _dump(engine)
+    _to(engine, BASELINE)
+    with writer(engine).begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+
+    with pytest.raises(SwitchboardError, match="from before migrations, this Switchboard needs"):
+        Registry(database_url, home)
+    assert upgrade(engine) == (BASELINE, head())
+    assert _dump(engine) == records
+    assert upgrade(engine) == (head(), head())  # nothing left to do
+    engine.dispose()
+
+
+def test_a_database_newer_than_this_switchboard_is_refused(database_url: str, home: Path) -> None:
+    Registry(database_url, home).close()
+    engine = open_engine(database_url)
+    with writer(engine).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(SwitchboardError, match="revision 0099, newer than this Switchboard"):
+        Registry(database_url, home)
+    with pytest.raises(SwitchboardError, match="upgrade Switchboard"):
+        upgrade(engine)
+    engine.dispose()
+
+
+def test_the_models_are_the_schema_the_migrations_make(database_url: str, home: Path) -> None:
+    """`registry/schema.py` and the migrations agree: Alembic finds nothing to change."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    Registry(database_url, home).close()
+    engine = open_engine(database_url)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+_OPENER = """
+import sys, time
+from pathlib import Path
+from registry import Registry
+url, home, go = sys.argv[1:4]
+while not Path(go).exists():
+    time.sleep(0.005)
+Registry(url, Path(home)).close()
+"""
+
+
+def test_processes_opening_a_new_database_at_once_create_it_once(
+    database_url: str, home: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER, database_url, str(home), str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(2)  # every child imported and waiting: then all at the same moment
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    engine = open_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head(),)]
+    engine.dispose()
