@@ -29,6 +29,7 @@ _EXPORTS = {
     "VerifyResult": "registry.records",
     "VersionInfo": "registry.records",
     "Registry": "registry.store",
+    "open_registry": "registry.store",
 }
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "SwitchboardError",
     "VerifyResult",
     "VersionInfo",
+    "open_registry",
     "served_name",
     "validate_name",
 ]
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from registry.records import AdapterSummary, VerifyResult, VersionInfo
     from registry.refs import AdapterRef, served_name, validate_name
     from registry.settings import RegistrySettings
-    from registry.store import Registry
+    from registry.store import Registry, open_registry
 
 
 def __getattr__(name: str) -> Any:

@@ -4,12 +4,20 @@ Publishing hashes an adapter directory's files, checks them against what its man
 claims, and puts them in the blob store before any row is written. Handing a version to an
 engine (`checkout`) or to a user (`export`) copies blobs out and re-hashes them on the way:
 a corrupted or missing file is an integrity error, never a loaded adapter.
+
+Checkouts are this machine's cache of versions (for an object store, what it downloaded).
+A process *holds* each version it checked out (a shared `flock` on a lock file, released when
+it closes the registry or dies); past `max_bytes`, the least recently used versions that no
+process holds are removed, never one in use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -21,7 +29,10 @@ from registry.manifest import MANIFEST_FILE, FileEntry, ManifestDraft
 from registry.records import VersionInfo
 from registry.tensors import sha256_file
 
+log = logging.getLogger(__name__)
+
 _CHECKOUT_ATTEMPTS = 5
+_HOLDS = ".holds"  # lock files, one per version, beside the checkouts
 
 
 def content_digest(files: dict[str, FileEntry]) -> str:
@@ -65,12 +76,80 @@ def _verified(directory: Path, files: dict[str, FileEntry]) -> bool:
         return False
 
 
+def _size(directory: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+    except OSError:  # removed meanwhile
+        return 0
+
+
 class VersionFiles:
     """Copies of versions' files on this machine, made from the blob store."""
 
-    def __init__(self, blobs: BlobStore, checkouts: Path) -> None:
+    def __init__(self, blobs: BlobStore, checkouts: Path, max_bytes: int | None = None) -> None:
         self.blobs = blobs
         self.checkouts = checkouts
+        self.max_bytes = max_bytes
+        self._holds: dict[str, int] = {}  # served name -> the lock file this process holds
+
+    def hold(self, served_name: str) -> None:
+        """Keep this version's checkout from eviction while this process runs (or `release`)."""
+        if served_name in self._holds:
+            return
+        locks = self.checkouts / _HOLDS
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{served_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._holds[served_name] = fd
+
+    def release(self) -> None:
+        for fd in self._holds.values():
+            os.close(fd)  # closing the file drops its lock
+        self._holds.clear()
+
+    def evict(self, keep: Path) -> list[str]:
+        """Remove least recently used checkouts that no process holds until the cache fits
+        `max_bytes` (`keep` stays). Returns the served names removed."""
+        if self.max_bytes is None:
+            return []
+        entries = [
+            (d.stat().st_mtime, d, _size(d))
+            for d in self.checkouts.iterdir()
+            if d.is_dir() and not d.name.startswith(".")
+        ]
+        total = sum(size for _, _, size in entries)
+        removed = []
+        for _, directory, size in sorted(entries, key=lambda e: e[0]):
+            if total <= self.max_bytes:
+                break
+            if directory == keep or directory.name in self._holds:
+                continue
+            lock = self.checkouts / _HOLDS / f"{directory.name}.lock"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no process holds it
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                doomed = directory.with_name(f".{directory.name}.evicted-{uuid.uuid4().hex}")
+                directory.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                total -= size
+                removed.append(directory.name)
+            except OSError:  # gone already (another process evicted it)
+                pass
+            finally:
+                os.close(fd)
+        if total > self.max_bytes:
+            log.warning(
+                "checkout cache holds %d bytes, above its %d: the rest is in use",
+                total,
+                self.max_bytes,
+            )
+        if removed:
+            log.info("evicted from the checkout cache: %s", ", ".join(removed))
+        return removed
 
     def checkout(
         self, info: VersionInfo, files: dict[str, FileEntry], manifest: Callable[[], str]
@@ -81,15 +160,18 @@ class VersionFiles:
         directory under a reader: a directory is replaced only when it fails verification,
         and then by renames, so a reader sees the old files, the new ones, or none (retry).
         """
+        self.hold(info.served_name)  # first: an evicting process must not take it now
         target = self.checkouts / info.served_name
         for _ in range(_CHECKOUT_ATTEMPTS):
             if _verified(target, files):
+                os.utime(target)  # recently used
                 return target
             staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
             try:
                 self.materialise(info, files, manifest(), staging)
                 try:
                     staging.rename(target)
+                    self.evict(keep=target)
                     return target
                 except OSError:  # a directory is there: someone else's, or a damaged one
                     if _verified(target, files):
@@ -111,7 +193,7 @@ class VersionFiles:
         dest.mkdir(parents=True, exist_ok=True)
         for path, entry in files.items():
             try:
-                self.blobs.copy_out(entry.sha256, entry.size, dest / path)
+                self.blobs.fetch(entry.sha256, entry.size, dest / path)
             except SwitchboardError as exc:
                 raise SwitchboardError(
                     ErrorCode.INTEGRITY,

@@ -21,6 +21,25 @@ class RegistrySettings(BaseModel):
         description="SQLAlchemy URL of the registry; default: SQLite under `home`. "
         "Use postgresql+psycopg://… where several servers share one registry.",
     )
+    blob_url: str | None = Field(
+        None,
+        description="where adapter files are stored: default local files under `home`; "
+        "s3://BUCKET/PREFIX for an S3-compatible object store shared by every machine "
+        "(endpoint and credentials as S3 clients take them: AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, …)",
+    )
+    blob_options: dict[str, str] = Field(
+        default_factory=dict,
+        description='object-store client settings (JSON), e.g. {"aws_endpoint": '
+        '"http://127.0.0.1:9000", "allow_http": "true"}',
+    )
+    cache_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bound on this machine's checked-out copies of versions (for an object "
+        "store, its download cache); past it the least recently used that no process holds "
+        "are removed. Default: unbounded",
+    )
     base: str = Field(
         default=DEFAULT_BASE,
         description="default base model: a name in the base cache or a model directory",

@@ -20,7 +20,7 @@ from registry import queries
 from registry.adapter_dir import inspect_adapter
 from registry.aliases import point_alias
 from registry.bases import BaseModelInfo
-from registry.blobs import BlobStore
+from registry.blobs import BlobStore, StoredBlob, open_blob_store
 from registry.db import open_engine, retry_conflicts, writer
 from registry.errors import ErrorCode, SwitchboardError, not_found
 from registry.experiments.store import ExperimentStore
@@ -40,6 +40,7 @@ from registry.records import AdapterSummary, VerifyResult, VersionInfo
 from registry.refs import AdapterRef, served_name, validate_name
 from registry.routing import RouteStore
 from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
+from registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,17 @@ def _parse(ref: str | AdapterRef) -> AdapterRef:
 class Registry:
     """Python API of the registry; the CLI and the HTTP API call this."""
 
-    def __init__(self, database_url: str, home: Path) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        home: Path,
+        blobs: BlobStore | None = None,
+        *,
+        cache_max_bytes: int | None = None,
+    ) -> None:
         self.home = home
-        self.blobs = BlobStore(home / "blobs")
-        self._copies = VersionFiles(self.blobs, home / "checkouts")
+        self.blobs = blobs if blobs is not None else open_blob_store(None, home)
+        self._copies = VersionFiles(self.blobs, home / "checkouts", cache_max_bytes)
         self._engine: Engine = open_engine(database_url)
         ensure_schema(self._engine)  # created at the newest revision, or refused if behind
         self._writer: Engine = writer(self._engine)
@@ -62,6 +70,7 @@ class Registry:
         self.experiments = ExperimentStore(self._engine, self._writer)
 
     def close(self) -> None:
+        self._copies.release()  # its checkouts may be evicted by others now
         self._engine.dispose()
 
     # ---- publishing ---------------------------------------------------------------------
@@ -313,7 +322,7 @@ class Registry:
             results.append(VerifyResult(info.ref, tuple(problems)))
         return results
 
-    def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[Path]:
+    def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[StoredBlob]:
         """Remove blobs no version references (left by publishes killed before their commit).
 
         Only files older than `min_age_seconds` go: a publish in flight writes its blobs
@@ -323,18 +332,19 @@ class Registry:
             referenced = set(conn.scalars(select(FileRow.sha256).distinct()))
         cutoff = time.time() - min_age_seconds
         doomed = [
-            path
-            for name, path in self.blobs.stored()
-            if name not in referenced and path.stat().st_mtime < cutoff
+            blob
+            for blob in self.blobs.stored()
+            if blob.key not in referenced and blob.modified < cutoff
         ]
         if not dry_run:
-            for path in doomed:
-                path.unlink(missing_ok=True)
-            log.info("gc removed %d unreferenced files", len(doomed))
+            for blob in doomed:
+                self.blobs.delete(blob.key)
+            log.info("gc removed %d unreferenced files from %s", len(doomed), self.blobs.url)
         return doomed
 
     def checkout(self, ref: str | AdapterRef) -> tuple[VersionInfo, Path]:
-        """A verified local directory of a version's files, for an engine to load."""
+        """A verified local directory of a version's files, for an engine to load; held
+        (never evicted from the local cache) until this registry is closed."""
         info = self.resolve(ref)
         manifest = lambda: self.manifest(info.ref).to_json()  # noqa: E731  # only when copying
         return info, self._copies.checkout(info, self._files(info), manifest)
@@ -356,3 +366,11 @@ class Registry:
                 .where(VersionRow.served_name == info.served_name)
             ).all()
         return {p: FileEntry(sha256=s, size=n) for p, s, n in rows}
+
+
+def open_registry(settings: RegistrySettings) -> Registry:
+    """The registry the settings describe: its database and its blob store."""
+    blobs = open_blob_store(settings.blob_url, settings.home_dir, settings.blob_options)
+    return Registry(
+        settings.registry_url, settings.home_dir, blobs, cache_max_bytes=settings.cache_max_bytes
+    )

@@ -19,10 +19,10 @@ def build_service(settings: ServerSettings) -> Service:
     """Registry, router (over the adapters of the served base that the engine can serve)
     and the engine that `settings.engine` names."""
     from registry.bases import BaseModels
-    from registry.store import Registry
+    from registry.store import open_registry
     from router.router import RegistryRoutes, build_router
 
-    registry = Registry(settings.registry_url, settings.home_dir)
+    registry = open_registry(settings)
     base = BaseModels(settings.bases_dir).get(settings.base)
     engine = build_engine(settings, base.path)
 

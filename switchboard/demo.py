@@ -24,7 +24,7 @@ from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
 from registry.records import VersionInfo
 from registry.routing import BASE_ROUTE
-from registry.store import Registry
+from registry.store import Registry, open_registry
 from serving.settings import ServerSettings
 from switchboard.demo_data import DOMAINS
 from trainer.config import TrainConfig
@@ -255,7 +255,7 @@ def run_demo(
             raise
         say(f"pulling the base model {settings.base} (once, about a minute)")
         base, _ = pull(bases, settings.base)
-    registry = Registry(settings.registry_url, settings.home_dir)
+    registry = open_registry(settings)
     try:
         refs = ensure_adapters(registry, base, folder, budget, say)
         general = read_routes(folder / "general" / "routes.jsonl")[BASE_ROUTE]

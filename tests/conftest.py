@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
+from registry.blobs import BlobStore, open_blob_store
+from registry.blobs.local import LocalBlobStore
 from switchboard.bases import pull
 from trainer.synthetic import random_adapter
 
@@ -36,6 +43,9 @@ POSTGRES_URL = os.environ.get(
 # CI sets these so that a missing server or engine fails the run instead of skipping tests.
 REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_REQUIRE_POSTGRES") == "1"
 REQUIRE_VLLM = os.environ.get("SWITCHBOARD_REQUIRE_VLLM") == "1"
+REQUIRE_S3 = os.environ.get("SWITCHBOARD_REQUIRE_S3") == "1"
+# An S3-compatible server already running (CI starts moto's); else the tests start their own.
+S3_ENDPOINT = os.environ.get("SWITCHBOARD_TEST_S3_ENDPOINT")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -157,8 +167,110 @@ def database_url(request: pytest.FixtureRequest, home: Path) -> Iterator[str]:
         yield from _postgres_schema_url()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server process on 127.0.0.1 (moto's standalone server)."""
+    if S3_ENDPOINT:
+        yield S3_ENDPOINT
+        return
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.exists():
+        if REQUIRE_S3:
+            raise RuntimeError(f"no {server}: install the dev extra")
+        pytest.skip("no S3-compatible server (moto_server from the dev extra)")
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def s3_options(endpoint: str) -> dict[str, str]:
+    """Explicit client settings for the test server: never the operator's AWS_* ones."""
+    return {
+        "aws_endpoint": endpoint,
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+
+
+def make_bucket(endpoint: str) -> str:
+    """A new, empty bucket on the test server; its name."""
+    import boto3
+
+    name = f"sb-{uuid.uuid4().hex[:16]}"
+    options = s3_options(endpoint)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=options["aws_access_key_id"],
+        aws_secret_access_key=options["aws_secret_access_key"],
+        region_name=options["aws_region"],
+    ).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def blob_spec(request: pytest.FixtureRequest, home: Path) -> tuple[str | None, dict[str, str]]:
+    """(blob URL, client options) of a fresh store: local files, or a new bucket."""
+    if request.param == "local":
+        return None, {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return f"s3://{make_bucket(endpoint)}/registry", s3_options(endpoint)
+
+
 @pytest.fixture
-def registry(database_url: str, home: Path) -> Iterator[Registry]:
-    store = Registry(database_url, home)
+def blob_store(blob_spec: tuple[str | None, dict[str, str]], home: Path) -> BlobStore:
+    return open_blob_store(blob_spec[0], home, blob_spec[1])
+
+
+@pytest.fixture
+def tamper(blob_store: BlobStore) -> Callable[[str, bytes | None], None]:
+    """Overwrite (or, given None, remove) a stored blob behind the registry's back."""
+
+    def change(sha256: str, data: bytes | None) -> None:
+        if isinstance(blob_store, LocalBlobStore):
+            path = blob_store.path(sha256)
+            if data is None:
+                path.unlink()
+            else:
+                path.chmod(0o644)
+                path.write_bytes(data)
+            return
+        import obstore
+
+        raw: Any = blob_store._store  # type: ignore[attr-defined]  # the bucket, directly
+        key = f"sha256/{sha256[:2]}/{sha256}"
+        if data is None:
+            obstore.delete(raw, key)
+        else:
+            obstore.put(raw, key, data)
+
+    return change
+
+
+@pytest.fixture
+def registry(database_url: str, home: Path, blob_store: BlobStore) -> Iterator[Registry]:
+    store = Registry(database_url, home, blob_store)
     yield store
     store.close()

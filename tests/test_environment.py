@@ -106,7 +106,7 @@ def test_the_test_suite_under_a_poisoned_environment_writes_nothing_there(
     result = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest"),
-            *("-m", "not slow and not postgres", "--rootdir", str(ROOT)),
+            *("-m", "not slow and not postgres and not s3", "--rootdir", str(ROOT)),
             "tests/test_cli.py::test_registry_commands_end_to_end",
             "tests/test_registry_contract.py::test_publish_records_a_complete_manifest",
             str(probe),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def test_publish_records_a_complete_manifest(
     assert set(manifest.files) >= {"adapter_config.json", "adapter_model.safetensors"}
     for rel, entry in manifest.files.items():
         assert entry.sha256 == sha256_file(lora_dir / rel)
-        assert registry.blobs.path(entry.sha256).is_file()
+        assert registry.blobs.check(entry.sha256, entry.size) is None  # stored, intact
     assert manifest.served_name == f"legal-v1-{manifest.content_digest[:12]}"
     assert manifest.tools["switchboard"]
     assert manifest.parent is None and manifest.components == []
@@ -274,7 +274,11 @@ def test_delete_is_soft_and_refused_while_aliased(
 
 
 def test_verify_and_checkout_refuse_corrupted_or_missing_files(
-    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, prefix_dir: Path
+    registry: Registry,
+    tiny_base: BaseModelInfo,
+    lora_dir: Path,
+    prefix_dir: Path,
+    tamper: Callable[[str, bytes | None], None],
 ) -> None:
     lora = registry.publish(lora_dir, "legal", tiny_base)
     registry.publish(prefix_dir, "styled", tiny_base)
@@ -283,11 +287,10 @@ def test_verify_and_checkout_refuse_corrupted_or_missing_files(
     assert info.served_name == lora.served_name and path.name == lora.served_name
     assert (path / MANIFEST_FILE).is_file()
 
-    weights = registry.blobs.path(lora.files["adapter_model.safetensors"].sha256)
-    weights.chmod(0o644)
-    data = bytearray(weights.read_bytes())
+    weights = lora.files["adapter_model.safetensors"].sha256
+    data = bytearray((lora_dir / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    tamper(weights, bytes(data))  # the stored bytes change; their key does not
     results = {r.ref: r for r in registry.verify()}
     assert (
         not results["legal:1"].ok
@@ -304,7 +307,7 @@ def test_verify_and_checkout_refuse_corrupted_or_missing_files(
     assert all(r.ok for r in registry.verify())
     assert registry.checkout("legal:1")[1].is_dir()
 
-    weights.unlink()
+    tamper(weights, None)
     assert "missing" in registry.verify("legal:1")[0].problems[0]
     assert registry.checkout("styled")[1].is_dir()  # other versions keep serving
 

@@ -13,30 +13,33 @@ from pathlib import Path
 import pytest
 
 from registry import BaseModelInfo, Registry
+from registry.blobs import BlobStore
 
-# Run in a child process. argv: database_url home base_dir adapter_dir name count go_file [kill_at]
+# Run in a child process. argv: database_url home base_dir adapter_dir name count go_file
+# kill_at blob_url blob_options_json
 _PUBLISHER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
     from registry import BaseModels, Registry
+    from registry.blobs import open_blob_store
 
-    url, home, base_dir, adapter_dir, name, count, go, kill_at = sys.argv[1:9]
+    url, home, base_dir, adapter_dir, name, count, go, kill_at, blob_url, options = sys.argv[1:11]
     home = Path(home)
     ready = home / f"ready-{os.getpid()}"
+    blobs = open_blob_store(blob_url or None, home, json.loads(options))
 
     def stall():  # tell the test where we are, then wait to be killed
         ready.write_text("stalled")
         time.sleep(600)
 
     if kill_at == "blobs":  # after the first file reached the blob store
-        from registry.blobs import BlobStore
-        put = BlobStore.put
+        put = type(blobs).put
         def put_then_stall(self, source):
             result = put(self, source)
             stall()
             return result
-        BlobStore.put = put_then_stall
+        type(blobs).put = put_then_stall
     elif kill_at == "rows":  # inside the transaction, the version row already flushed
         import registry.store as store
         def stalled_row(**kwargs):
@@ -44,7 +47,7 @@ _PUBLISHER = textwrap.dedent(
         store.FileRow = stalled_row
 
     base = BaseModels(home / "bases").get(base_dir)
-    registry = Registry(url, home)
+    registry = Registry(url, home, blobs)
     while not Path(go).exists():
         time.sleep(0.005)
     published = [registry.publish(Path(adapter_dir), name, base).version for _ in range(int(count))]
@@ -62,6 +65,10 @@ def _spawn(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
+def _store_args(blob_spec: tuple[str | None, dict[str, str]]) -> list[str]:
+    return [blob_spec[0] or "", json.dumps(blob_spec[1])]
+
+
 def test_concurrent_publishers_get_distinct_versions(
     registry: Registry,
     database_url: str,
@@ -69,14 +76,11 @@ def test_concurrent_publishers_get_distinct_versions(
     tiny_base: BaseModelInfo,
     lora_dir: Path,
     tmp_path: Path,
+    blob_spec: tuple[str | None, dict[str, str]],
 ) -> None:
     go = tmp_path / "go"
-    procs = [
-        _spawn(
-            [database_url, str(home), str(tiny_base.path), str(lora_dir), "legal", "3", str(go), ""]
-        )
-        for _ in range(4)
-    ]
+    args = [database_url, str(home), str(tiny_base.path), str(lora_dir), "legal", "3", str(go)]
+    procs = [_spawn([*args, "", *_store_args(blob_spec)]) for _ in range(4)]
     time.sleep(3)  # let every child import and connect, then start them at the same moment
     go.touch()
     seen: list[int] = []
@@ -100,6 +104,8 @@ def test_publish_killed_half_way_leaves_nothing_visible(
     lora_dir: Path,
     tmp_path: Path,
     kill_at: str,
+    blob_spec: tuple[str | None, dict[str, str]],
+    blob_store: BlobStore,
 ) -> None:
     go = tmp_path / "go"
     go.touch()
@@ -113,6 +119,7 @@ def test_publish_killed_half_way_leaves_nothing_visible(
             "1",
             str(go),
             kill_at,
+            *_store_args(blob_spec),
         ]
     )
     deadline = time.monotonic() + 120
@@ -124,7 +131,7 @@ def test_publish_killed_half_way_leaves_nothing_visible(
     proc.wait(timeout=30)
 
     # A fresh handle sees no version, no adapter, and a usable store; gc removes the orphans.
-    fresh = Registry(database_url, home)
+    fresh = Registry(database_url, home, blob_store)
     try:
         assert fresh.list_adapters() == []
         assert fresh.verify() == []
@@ -132,7 +139,7 @@ def test_publish_killed_half_way_leaves_nothing_visible(
         assert orphans  # the killed publish had stored at least one blob
         assert fresh.gc(min_age_seconds=3600) == []  # too young: could be a publish in flight
         assert fresh.gc(min_age_seconds=0) == orphans
-        assert all(not p.exists() for p in orphans)
+        assert {b.key for b in orphans}.isdisjoint(b.key for b in fresh.blobs.stored())
         manifest = fresh.publish(lora_dir, "legal", tiny_base)
         assert manifest.version == 1
         assert fresh.gc(min_age_seconds=0) == []  # referenced blobs stay

@@ -37,10 +37,9 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 
 def open_registry(ctx: typer.Context) -> Registry:
-    from registry.store import Registry
+    from registry.store import open_registry as open_store
 
-    settings = settings_of(ctx)
-    registry = Registry(settings.registry_url, settings.home_dir)
+    registry = open_store(settings_of(ctx))
     ctx.call_on_close(registry.close)
     return registry
 

@@ -225,7 +225,7 @@ def gc(
 ) -> None:
     """Remove stored files that no version references (left by interrupted publishes)."""
     removed = open_registry(ctx).gc(min_age, dry_run=dry_run)
-    size = sum(p.stat().st_size for p in removed) if dry_run else None
+    size = sum(blob.size for blob in removed) if dry_run else None
     emit(
         {"removed": len(removed), "dry_run": dry_run, "bytes": size},
         as_json,

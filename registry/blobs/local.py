@@ -1,4 +1,4 @@
-"""Content-addressed file store: `blobs/sha256/ab/abcdef…`, written atomically, read-only."""
+"""Blobs in a local folder: `root/sha256/ab/abcdef…`, written atomically, read-only."""
 
 from __future__ import annotations
 
@@ -8,26 +8,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from registry.errors import ErrorCode, SwitchboardError
+from registry.blobs.base import StoredBlob, integrity
 from registry.tensors import sha256_file
 
 _CHUNK = 1 << 20
 
 
-class BlobStore:
+class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.url = f"file://{root}"
         self._tmp = root / "tmp"
 
     def path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
 
     def put(self, source: Path) -> tuple[str, int]:
-        """Copy `source` in, hashing as it goes. Returns (sha256, size).
-
-        The copy lands under a temporary name and is renamed into place only once complete
-        and synced, so a reader (or a crash) never sees a partial blob.
-        """
+        """Copy `source` in, hashing as it goes. The copy lands under a temporary name and is
+        renamed into place only once complete and synced, so a reader (or a crash) never
+        sees a partial blob."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
@@ -42,9 +41,9 @@ class BlobStore:
                 dst.flush()
                 os.fsync(dst.fileno())
             sha = digest.hexdigest()
-            final = self.path(sha)
             if self.check(sha, size) is None:
                 return sha, size  # already stored intact (a damaged copy is replaced below)
+            final = self.path(sha)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.chmod(0o444)
             tmp.replace(final)
@@ -53,7 +52,6 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
 
     def check(self, sha256: str, size: int) -> str | None:
-        """None if the blob is intact, else what is wrong with it."""
         path = self.path(sha256)
         if not path.is_file():
             return "missing"
@@ -64,16 +62,23 @@ class BlobStore:
             return f"sha256 {actual[:12]}…, expected {sha256[:12]}…"
         return None
 
-    def stored(self) -> list[tuple[str, Path]]:
-        """Every blob (sha256, path), and every leftover temporary file (name, path)."""
-        found = [(p.name, p) for p in (self.root / "sha256").glob("*/*") if p.is_file()]
-        if self._tmp.is_dir():
-            found += [(p.name, p) for p in self._tmp.iterdir() if p.is_file()]
-        return found
-
-    def copy_out(self, sha256: str, size: int, dest: Path) -> None:
-        """Copy a blob to `dest`, verifying its content on the way."""
+    def fetch(self, sha256: str, size: int, dest: Path) -> None:
         problem = self.check(sha256, size)
         if problem is not None:
-            raise SwitchboardError(ErrorCode.INTEGRITY, f"stored file {sha256[:12]}… is {problem}")
+            raise integrity(sha256, problem)
         shutil.copyfile(self.path(sha256), dest)
+
+    def stored(self) -> list[StoredBlob]:
+        found = [p for p in (self.root / "sha256").glob("*/*") if p.is_file()]
+        if self._tmp.is_dir():
+            found += [p for p in self._tmp.iterdir() if p.is_file()]
+        blobs = []
+        for path in found:
+            stat = path.stat()
+            key = path.name if path.parent != self._tmp else f"tmp/{path.name}"
+            blobs.append(StoredBlob(key, stat.st_size, stat.st_mtime))
+        return blobs
+
+    def delete(self, key: str) -> None:
+        path = self._tmp / key[4:] if key.startswith("tmp/") else self.path(key)
+        path.unlink(missing_ok=True)
