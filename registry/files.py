@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from registry.blobs import BlobStore
@@ -189,9 +190,12 @@ class VersionFiles:
     def materialise(
         self, info: VersionInfo, files: dict[str, FileEntry], manifest: str, dest: Path
     ) -> None:
-        """Write the version's files, verified, and its manifest into `dest`."""
+        """Write the version's files, verified, and its manifest into `dest`. The files are
+        fetched at once: from an object store each is a round trip of its own."""
         dest.mkdir(parents=True, exist_ok=True)
-        for path, entry in files.items():
+
+        def fetch(item: tuple[str, FileEntry]) -> None:
+            path, entry = item
             try:
                 self.blobs.fetch(entry.sha256, entry.size, dest / path)
             except SwitchboardError as exc:
@@ -200,4 +204,7 @@ class VersionFiles:
                     f"{info.ref} cannot be used: {path}: {exc.message}; "
                     "run `switchboard registry verify`",
                 ) from exc
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
+            list(pool.map(fetch, sorted(files.items())))  # the first error propagates
         (dest / MANIFEST_FILE).write_text(manifest)

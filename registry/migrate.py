@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from registry.db import writer
+from registry.db import retry_conflicts, writer
 from registry.errors import ErrorCode, SwitchboardError
 from registry.schema import Base
 
@@ -112,27 +112,35 @@ def _refusal(state: SchemaState) -> SwitchboardError:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create a new, empty database at the newest revision; refuse one that is not there."""
-    try:
-        with engine.connect() as conn:
-            state = schema_state(conn)
-        if state.up_to_date:
-            return
-        if state.empty:
-            with _locked(engine) as conn:
-                state = schema_state(conn)  # another process may have created it meanwhile
-                if state.empty:
-                    from alembic import command
+    """Create a new, empty database at the newest revision; refuse one that is not there.
 
-                    command.upgrade(_config(conn), "head")
-                    log.info("registry database created at schema revision %s", state.head)
-                    return
+    Processes opening a new SQLite file at once race on switching it to WAL, which SQLite
+    answers with "locked" at once rather than waiting: such a loss is retried."""
+    try:
+        state = retry_conflicts(lambda: _ensure(engine), f"opening {engine.url!r}")
     except (OperationalError, ProgrammingError) as exc:
         raise SwitchboardError(
             ErrorCode.INVALID_INPUT, f"cannot open registry database {engine.url!r}: {exc}"
         ) from exc
     if not state.up_to_date:
         raise _refusal(state)
+
+
+def _ensure(engine: Engine) -> SchemaState:
+    """The schema's state; a new, empty database created at the newest revision first."""
+    with engine.connect() as conn:
+        state = schema_state(conn)
+    if not state.empty:
+        return state
+    with _locked(engine) as conn:
+        state = schema_state(conn)  # another process may have created it meanwhile
+        if state.empty:
+            from alembic import command
+
+            command.upgrade(_config(conn), "head")
+            log.info("registry database created at schema revision %s", state.head)
+            return schema_state(conn)
+    return state
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:

@@ -192,7 +192,9 @@ class Registry:
             raise
 
     def manifest(self, ref: str | AdapterRef) -> Manifest:
-        info = self.resolve(ref)
+        return self._manifest(self.resolve(ref))
+
+    def _manifest(self, info: VersionInfo) -> Manifest:
         with self._engine.connect() as conn:
             text = conn.scalar(
                 select(VersionRow.manifest).where(VersionRow.served_name == info.served_name)
@@ -346,7 +348,7 @@ class Registry:
         """A verified local directory of a version's files, for an engine to load; held
         (never evicted from the local cache) until this registry is closed."""
         info = self.resolve(ref)
-        manifest = lambda: self.manifest(info.ref).to_json()  # noqa: E731  # only when copying
+        manifest = lambda: self._manifest(info).to_json()  # noqa: E731  # only when copying
         return info, self._copies.checkout(info, self._files(info), manifest)
 
     def export(self, ref: str | AdapterRef, dest: Path) -> Manifest:
@@ -354,7 +356,7 @@ class Registry:
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise SwitchboardError(ErrorCode.ALREADY_EXISTS, f"{dest} exists and is not empty")
         info = self.resolve(ref)
-        manifest = self.manifest(info.ref)
+        manifest = self._manifest(info)
         self._copies.materialise(info, self._files(info), manifest.to_json(), dest)
         return manifest
 

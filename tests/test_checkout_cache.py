@@ -36,10 +36,12 @@ _HOLDER = textwrap.dedent(
 )
 
 
-def _publish_three(registry: Registry, base: BaseModelInfo, tmp: Path) -> list[str]:
+def _publish_three(registry: Registry, base: BaseModelInfo, tmp: Path) -> tuple[list[str], int]:
+    """legal:1-3, adapters of one size: their served names, and that size in bytes."""
     for seed in (1, 2, 3):
         registry.publish(random_adapter(base.path, tmp / f"a{seed}", seed=seed), "legal", base)
-    return ["legal:1", "legal:2", "legal:3"]
+    names = [registry.resolve(f"legal:{v}").served_name for v in (1, 2, 3)]
+    return names, sum(e.size for e in registry.manifest("legal:1").files.values())
 
 
 def _checked_out(home: Path) -> set[str]:
@@ -64,9 +66,7 @@ def test_least_recently_used_unheld_versions_go_first_and_come_back_on_demand(
     tiny_base: BaseModelInfo,
     tmp_path: Path,
 ) -> None:
-    refs = _publish_three(registry, tiny_base, tmp_path)
-    names = [registry.resolve(r).served_name for r in refs]
-    size = sum(e.size for e in registry.manifest("legal:1").files.values())
+    names, size = _publish_three(registry, tiny_base, tmp_path)
     first = Registry(database_url, home, blob_store, cache_max_bytes=int(2.5 * size))
     first.checkout("legal:1")
     first.close()  # legal:1 is no longer held by anyone
@@ -94,9 +94,7 @@ def test_a_version_another_process_holds_is_not_evicted(
     tiny_base: BaseModelInfo,
     tmp_path: Path,
 ) -> None:
-    refs = _publish_three(registry, tiny_base, tmp_path)
-    names = [registry.resolve(r).served_name for r in refs]
-    size = sum(e.size for e in registry.manifest("legal:1").files.values())
+    names, size = _publish_three(registry, tiny_base, tmp_path)
     go = tmp_path / "go"
     holder = _holder([database_url, str(home), "legal:1", str(go)], blob_spec)
     assert holder.stdout is not None and holder.stdout.readline().strip()  # it holds legal:1

@@ -53,6 +53,17 @@ def _dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
+def _filled(
+    database_url: str, home: Path, base: BaseModelInfo, lora: Path, lora_2: Path
+) -> tuple[Engine, dict[str, list[tuple[Any, ...]]]]:
+    """A registry at head holding every kind of record: its engine, and every row it holds."""
+    registry = Registry(database_url, home)
+    _fill(registry, base, lora, lora_2)
+    registry.close()
+    engine = open_engine(database_url)
+    return engine, _dump(engine)
+
+
 def _to(engine: Engine, revision: str) -> None:
     from alembic import command
 
@@ -91,11 +102,7 @@ def test_a_new_database_is_created_at_the_newest_revision(database_url: str, hom
 def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_record(
     database_url: str, home: Path, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
 ) -> None:
-    registry = Registry(database_url, home)
-    _fill(registry, tiny_base, lora_dir, lora_dir_2)
-    registry.close()
-    engine = open_engine(database_url)
-    records = _dump(engine)
+    engine, records = _filled(database_url, home, tiny_base, lora_dir, lora_dir_2)
     assert all(records.values()), [name for name, rows in records.items() if not rows]
 
     _to(engine, BASELINE)
@@ -134,11 +141,7 @@ def test_a_registry_from_before_migrations_is_the_baseline(
     database_url: str, home: Path, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
 ) -> None:
     """Tables and no recorded revision: what `create_all` made before migrations existed."""
-    registry = Registry(database_url, home)
-    _fill(registry, tiny_base, lora_dir, lora_dir_2)
-    registry.close()
-    engine = open_engine(database_url)
-    records = _dump(engine)
+    engine, records = _filled(database_url, home, tiny_base, lora_dir, lora_dir_2)
     _to(engine, BASELINE)
     with writer(engine).begin() as conn:
         conn.execute(text("DROP TABLE alembic_version"))
