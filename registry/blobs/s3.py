@@ -37,8 +37,10 @@ class S3BlobStore:
         client: Any = {k: v for k, v in options.items() if not k.startswith("aws_")} or None
         try:
             store = from_url(url.rstrip("/"), config=config, client_options=client)
-        except Exception as exc:  # obstore raises its own error types for bad settings
-            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"blob URL {url}: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # its own errors, and a Rust panic for some bad keys
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"blob URL {url}: {exc}") from None
         return cls(store, url)
 
     @staticmethod
