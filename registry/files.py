@@ -113,11 +113,14 @@ class VersionFiles:
         `max_bytes` (`keep` stays). Returns the served names removed."""
         if self.max_bytes is None:
             return []
-        entries = [
-            (d.stat().st_mtime, d, _size(d))
-            for d in self.checkouts.iterdir()
-            if d.is_dir() and not d.name.startswith(".")
-        ]
+        entries = []
+        for directory in self.checkouts.iterdir():
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            try:  # another process may evict it between the listing and here
+                entries.append((directory.stat().st_mtime, directory, _size(directory)))
+            except FileNotFoundError:
+                continue
         total = sum(size for _, _, size in entries)
         removed = []
         for _, directory, size in sorted(entries, key=lambda e: e[0]):
