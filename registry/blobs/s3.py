@@ -10,7 +10,7 @@ do not match its key is refused.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,19 @@ class S3BlobStore:
         existing object would (a download), and replaces a damaged one."""
         import obstore
 
-        sha, size = sha256_file(source), source.stat().st_size
-        with source.open("rb") as f:
-            obstore.put(self._store, self._key(sha), f)
-        if sha256_file(source) != sha:  # the file changed while it was read
+        sha = sha256_file(source)  # the key must be known before the upload starts
+        uploaded, size = hashlib.sha256(), 0
+
+        def chunks() -> Iterator[bytes]:  # what is uploaded is hashed on its way out
+            nonlocal size
+            with source.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    uploaded.update(chunk)
+                    size += len(chunk)
+                    yield chunk
+
+        obstore.put(self._store, self._key(sha), chunks())
+        if uploaded.hexdigest() != sha:  # the file changed while it was read
             raise SwitchboardError(ErrorCode.INTEGRITY, f"{source} changed while uploaded")
         return sha, size
 
