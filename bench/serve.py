@@ -112,7 +112,7 @@ async def engine_throughput(
 def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[str, Any]:
     registry = Registry(RegistrySettings(home=home).registry_url, home)
     for i, spec in enumerate(loras[:3]):
-        registry.publish(spec.path, f"part-{i}", base)
+        registry.publish(spec.checkout(), f"part-{i}", base)
     builds, hits = [], []
     for weights in ((0.5, 0.3, 0.2), (0.2, 0.3, 0.5), (0.4, 0.4, 0.2)):
         parts = [(f"part-{i}", w) for i, w in enumerate(weights)]
@@ -137,15 +137,13 @@ def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[s
 class Server:
     """The real app under uvicorn on a free local port, in a thread of this process."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, app: Any) -> None:
         import uvicorn
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -277,17 +275,17 @@ async def http_parts(
     registry = Registry(RegistrySettings(home=home).registry_url, home)
     for spec, domain in zip(loras, ("math", "sql", "science"), strict=False):
         draft = ManifestDraft(routing_examples=requests_of(domain, "train", 40))
-        registry.publish(spec.path, domain, base, draft=draft)
+        registry.publish(spec.checkout(), domain, base, draft=draft)
     settings = ServerSettings(
         home=home, base=str(base.path), engine=engine, dtype=options["dtype"], max_lora_rank=16
     )
     texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
-    with Server(settings) as url:
+    with Server(create_app(settings)) as url:
         client = AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
         result = {
             "engine": engine,
             "routing": await routing_overhead(client, requests_of("math", "eval", 10), "math"),
-            "hot_add": await hot_add(client, registry, base, loras[-1].path),
+            "hot_add": await hot_add(client, registry, base, loras[-1].checkout()),
             "load": await load(client, texts, options["load_seconds"], options["clients"]),
         }
         await client.close()
@@ -364,7 +362,7 @@ def main(
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         loras = [
-            AdapterSpec(f"bench-{i}-v1", make_lora(base, Path(tmp) / f"lora-{i}", i), "lora")
+            AdapterSpec.local(f"bench-{i}-v1", make_lora(base, Path(tmp) / f"lora-{i}", i), "lora")
             for i in range(8)
         ]
         if part in ("all", "throughput"):

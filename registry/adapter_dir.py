@@ -1,13 +1,17 @@
-"""Check a PEFT adapter directory against a base model, without loading any weights.
+"""Check a PEFT adapter directory: loadable by the engines, and made for this base.
 
-Reads `adapter_config.json` and the safetensors header, and checks every tensor's shape
-against the base's own tensor shapes: an adapter made for another base is refused before it
-reaches an engine.
+Publishing proves an adapter loadable before it reaches an engine (where a failure would be a
+500, and could take co-batched requests with it): the safetensors header is bounded against
+the file (`tensors`), the config asks for nothing the engines do not serve (DoRA, biases,
+fan_in_fan_out, per-module patterns…), the scale is sane, every weight is finite; and every
+tensor's shape is checked against the base's own. `adapter_problems` runs the checks that need
+no base, for `registry verify` over versions published before them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +19,25 @@ from typing import Any
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
 from registry.manifest import MANIFEST_FILE, Method
-from registry.tensors import read_tensor_index
+from registry.tensors import nonfinite_tensors, read_tensor_index
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+MAX_LORA_SCALE = 1024.0  # alpha / r (or / √r): typical adapters use 0.5 to 64
+# LoRA config entries neither engine serves, with the value that asks for nothing.
+_UNSERVED: dict[str, tuple[str, Any]] = {
+    "use_dora": ("DoRA", False),
+    "bias": ("LoRA biases", "none"),
+    "fan_in_fan_out": ("fan_in_fan_out (Conv1D layers)", False),
+    "modules_to_save": ("modules_to_save", None),
+    "rank_pattern": ("per-module rank_pattern", {}),
+    "alpha_pattern": ("per-module alpha_pattern", {}),
+    "layers_to_transform": ("layers_to_transform", None),
+    "layer_replication": ("layer_replication", None),
+    "trainable_token_indices": ("trainable_token_indices", None),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +90,57 @@ def inspect_adapter(path: Path, base: BaseModelInfo) -> AdapterShape:
     shapes = {n: t.shape for n, t in read_tensor_index(path / WEIGHTS_FILE).items()}
     if not shapes:
         raise _invalid(path, f"{WEIGHTS_FILE} holds no tensors")
+    bad = nonfinite_tensors(path / WEIGHTS_FILE)
+    if bad:
+        raise _invalid(path, f"non-finite weights (inf or NaN) in {', '.join(bad[:3])}")
     peft_type = config.get("peft_type")
     if peft_type == "LORA":
         return _inspect_lora(path, config, shapes, base, tuple(files))
     if peft_type == "PREFIX_TUNING":
         return _inspect_prefix(path, config, shapes, base, tuple(files))
     raise _invalid(path, f"peft_type {peft_type!r} is not supported (LORA and PREFIX_TUNING are)")
+
+
+def lora_config_refusal(config: dict[str, Any]) -> str | None:
+    """Why the engines cannot serve a LoRA with this config (None: they can)."""
+    for key, (what, neutral) in _UNSERVED.items():
+        value = config.get(key, neutral)
+        if value != neutral and not (neutral is None and value in ([], {}, False)):
+            return f"{what} cannot be served (plain LoRA only): {key} = {value!r}"
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        return f"r must be a positive integer, got {rank!r}"
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+        return f"lora_alpha must be a positive number, got {alpha!r}"
+    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    if scale > MAX_LORA_SCALE:
+        return f"its scale lora_alpha/r = {scale:g} is above {MAX_LORA_SCALE:g}"
+    return None
+
+
+def adapter_problems(path: Path) -> list[str]:
+    """What makes this adapter directory unloadable, without a base to compare with."""
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+        index = read_tensor_index(path / WEIGHTS_FILE)
+    except (OSError, ValueError, SwitchboardError) as exc:
+        return [str(exc.message if isinstance(exc, SwitchboardError) else exc)]
+    problems = []
+    if not isinstance(config, dict):
+        problems.append(f"{CONFIG_FILE} must hold a JSON object")
+    elif config.get("peft_type") == "LORA":
+        refusal = lora_config_refusal(config)
+        if refusal is not None:
+            problems.append(refusal)
+    if not index:
+        problems.append(f"{WEIGHTS_FILE} holds no tensors")
+    bad = nonfinite_tensors(path / WEIGHTS_FILE)
+    if bad:
+        problems.append(
+            f"non-finite weights (inf or NaN) in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
+    return problems
 
 
 def _positive_int(path: Path, config: dict[str, Any], key: str) -> int:
@@ -95,10 +157,10 @@ def _inspect_lora(
     base: BaseModelInfo,
     files: tuple[str, ...],
 ) -> AdapterShape:
-    _positive_int(path, config, "r")
-    alpha = config.get("lora_alpha")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
-        raise _invalid(path, f"{CONFIG_FILE}: lora_alpha must be a positive number")
+    refusal = lora_config_refusal(config)
+    if refusal is not None:
+        raise _invalid(path, f"{CONFIG_FILE}: {refusal}")
+    alpha = config["lora_alpha"]
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         suffix = next((s for s in _LORA_SUFFIXES if key.endswith(s)), None)

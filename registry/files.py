@@ -128,23 +128,9 @@ class VersionFiles:
                 break
             if directory == keep or directory.name in self._holds:
                 continue
-            lock = self.checkouts / _HOLDS / f"{directory.name}.lock"
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no process holds it
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                doomed = directory.with_name(f".{directory.name}.evicted-{uuid.uuid4().hex}")
-                directory.rename(doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+            if self._remove(directory):
                 total -= size
                 removed.append(directory.name)
-            except OSError:  # gone already (another process evicted it)
-                pass
-            finally:
-                os.close(fd)
         if total > self.max_bytes:
             log.warning(
                 "checkout cache holds %d bytes, above its %d: the rest is in use",
@@ -154,6 +140,40 @@ class VersionFiles:
         if removed:
             log.info("evicted from the checkout cache: %s", ", ".join(removed))
         return removed
+
+    def has_checkout(self, served_name: str) -> bool:
+        return (self.checkouts / served_name).is_dir()
+
+    def intact(self, served_name: str, files: dict[str, FileEntry]) -> bool:
+        return _verified(self.checkouts / served_name, files)
+
+    def drop(self, served_name: str) -> bool:
+        """Remove this version's checkout now, unless a process holds it (then eviction
+        takes it later). True when it was removed."""
+        if served_name in self._holds:
+            os.close(self._holds.pop(served_name))
+        directory = self.checkouts / served_name
+        return directory.is_dir() and self._remove(directory)
+
+    def _remove(self, directory: Path) -> bool:
+        """Remove a checkout no process holds (tried under an exclusive lock on its hold)."""
+        lock = self.checkouts / _HOLDS / f"{directory.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no process holds it
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            doomed = directory.with_name(f".{directory.name}.evicted-{uuid.uuid4().hex}")
+            directory.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            return True
+        except OSError:  # gone already (another process removed it)
+            return False
+        finally:
+            os.close(fd)
 
     def checkout(
         self, info: VersionInfo, files: dict[str, FileEntry], manifest: Callable[[], str]

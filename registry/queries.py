@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.db import as_utc
 from registry.errors import SwitchboardError, not_found
 from registry.records import VersionInfo
 from registry.refs import PROD_ALIAS, AdapterRef
-from registry.schema import AdapterRow, AliasRow, VersionRow
+from registry.schema import AdapterRow, AliasRow, ArmRow, ComponentRow, VersionRow
 
 _Parent = aliased(VersionRow)
 _ParentAdapter = aliased(AdapterRow)
@@ -144,3 +144,25 @@ def version_row(session: Session, ref: AdapterRef) -> VersionRow:
 def ref_of(session: Session, row: VersionRow) -> str:
     name = session.scalar(select(AdapterRow.name).where(AdapterRow.id == row.adapter_id))
     return f"{name}:{row.version}"
+
+
+def exists(session: Session, query: Select[Any]) -> bool:
+    return session.scalar(query.limit(1)) is not None
+
+
+def is_derived(session: Session, version_id: int) -> bool:
+    """Whether a version lists components (a mix)."""
+    return exists(
+        session, select(ComponentRow.version_id).where(ComponentRow.version_id == version_id)
+    )
+
+
+def referrers(session: Session, version_id: int) -> list[str]:
+    """What names a version, beyond its own adapter: aliases, experiments, lineage, mixes."""
+    named_by = {
+        "an alias": select(AliasRow.alias).where(AliasRow.version_id == version_id),
+        "an experiment": select(ArmRow.position).where(ArmRow.version_id == version_id),
+        "a child version": select(VersionRow.id).where(VersionRow.parent_id == version_id),
+        "a mix": select(ComponentRow.version_id).where(ComponentRow.component_id == version_id),
+    }
+    return [what for what, query in named_by.items() if exists(session, query)]

@@ -64,6 +64,7 @@ class AdapterSummary:
 class VerifyResult:
     ref: str
     problems: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # what was repaired on the way
 
     @property
     def ok(self) -> bool:

@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from registry.errors import ErrorCode, SwitchboardError
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+VERSION_PATTERN = re.compile(r"[0-9]{1,10}")  # ASCII only: str.isdigit takes other scripts' digits
+MAX_VERSION = 2**31 - 1  # the version column's range (a 32-bit integer in PostgreSQL)
 PROD_ALIAS = "prod"
 # Names the serving layer gives a meaning of its own; an adapter may not take them.
 RESERVED_NAMES = frozenset({"base", "auto"})
+# Adapters named so are weighted mixes Switchboard derives from others (their manifests list
+# the components); a hand publish may not take the prefix.
+MIX_PREFIX = "mix-"
 
 
 def validate_name(name: str, what: str = "adapter name") -> str:
@@ -46,10 +51,11 @@ class AdapterRef:
             )
         if ":" in text:
             name, _, raw = text.partition(":")
-            if not raw.isdigit() or int(raw) < 1:
+            if not VERSION_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= MAX_VERSION:
                 raise SwitchboardError(
                     ErrorCode.INVALID_REF,
-                    f"invalid ref {text!r}: the version after ':' must be a positive integer",
+                    f"invalid ref {text!r}: the version after ':' must be an integer "
+                    f"from 1 to {MAX_VERSION}",
                 )
             return cls(validate_name(name), version=int(raw))
         if "@" in text:

@@ -156,8 +156,8 @@ class FeedbackRow(Base):
     __tablename__ = "feedback"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    response_id: Mapped[str] = mapped_column(
-        ForeignKey("experiment_exposures.response_id"), index=True
+    response_id: Mapped[str] = mapped_column(  # one feedback per response
+        ForeignKey("experiment_exposures.response_id"), index=True, unique=True
     )
     thumbs_up: Mapped[bool | None] = mapped_column(Boolean)
     score: Mapped[float | None] = mapped_column(Float)

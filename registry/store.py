@@ -8,6 +8,8 @@ transaction, so a publish killed at any point leaves no visible version.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +19,7 @@ from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from registry import queries
-from registry.adapter_dir import inspect_adapter
+from registry.adapter_dir import adapter_problems, inspect_adapter
 from registry.aliases import point_alias
 from registry.bases import BaseModelInfo
 from registry.blobs import BlobStore, StoredBlob, open_blob_store
@@ -37,7 +39,7 @@ from registry.manifest import (
 )
 from registry.migrate import ensure_schema
 from registry.records import AdapterSummary, VerifyResult, VersionInfo
-from registry.refs import AdapterRef, served_name, validate_name
+from registry.refs import MIX_PREFIX, AdapterRef, served_name, validate_name
 from registry.routing import RouteStore
 from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
 from registry.settings import RegistrySettings
@@ -88,6 +90,12 @@ class Registry:
         validate_name(name)
         shape = inspect_adapter(source, base)
         draft = draft or read_draft(source) or ManifestDraft()
+        if name.startswith(MIX_PREFIX) and not draft.components:
+            raise SwitchboardError(
+                ErrorCode.INVALID_NAME,
+                f"names starting with {MIX_PREFIX!r} are reserved for the mixes Switchboard "
+                "builds (a version listing its components)",
+            )
         if draft.base is not None and draft.base.fingerprint != base.fingerprint:
             raise SwitchboardError(
                 ErrorCode.INCOMPATIBLE_BASE,
@@ -297,10 +305,42 @@ class Registry:
         log.info("deleted %s", name)
         return queries.to_info(deleted, ())
 
+    def purge(self, ref: str | AdapterRef) -> VersionInfo:
+        """Remove a derived version (a mix: it lists components) for good: its rows, and its
+        checkout here. Its blobs go with the next `gc`. Refused while an alias, an experiment
+        or another version's lineage names it; a plain version is only ever `delete`d."""
+        with Session(self._writer) as session, session.begin():
+            row = queries.version_row(session, _parse(ref))
+            name = queries.ref_of(session, row)
+            info = queries.to_info(
+                session.execute(queries.info_query().where(VersionRow.id == row.id)).one(), ()
+            )
+            if not queries.is_derived(session, row.id):
+                raise SwitchboardError(
+                    ErrorCode.CONFLICT, f"{name} is not a derived version; delete it instead"
+                )
+            named_by = queries.referrers(session, row.id)
+            if named_by:
+                raise SwitchboardError(
+                    ErrorCode.CONFLICT, f"cannot purge {name}: {', '.join(named_by)} names it"
+                )
+            session.execute(delete(ComponentRow).where(ComponentRow.version_id == row.id))
+            session.execute(delete(FileRow).where(FileRow.version_id == row.id))
+            session.execute(delete(VersionRow).where(VersionRow.id == row.id))
+            if not queries.exists(
+                session, select(VersionRow.id).where(VersionRow.adapter_id == row.adapter_id)
+            ):
+                session.execute(delete(AdapterRow).where(AdapterRow.id == row.adapter_id))
+        self._copies.drop(info.served_name)
+        log.info("purged %s", name)
+        return info
+
     # ---- files: integrity, checkout, export ----------------------------------------------
 
     def verify(self, ref: str | None = None) -> list[VerifyResult]:
-        """Re-hash every stored file of one version, or of every live version."""
+        """Check one version, or every live one: re-hash its stored files, restore this
+        machine's checkout of it if that was damaged, and check that the engines can load
+        it (versions published before a check existed are reported, not changed)."""
         if ref is not None:
             targets = [self.resolve(ref)]
         else:
@@ -314,15 +354,35 @@ class Registry:
         checked: dict[tuple[str, int], str | None] = {}  # a blob shared by versions: hash once
         results = []
         for info in targets:
+            files = self._files(info)
             problems = []
-            for path, entry in self._files(info).items():
+            for path, entry in files.items():
                 key = (entry.sha256, entry.size)
                 if key not in checked:
                     checked[key] = self.blobs.check(entry.sha256, entry.size)
                 if checked[key] is not None:
                     problems.append(f"{path}: {checked[key]}")
-            results.append(VerifyResult(info.ref, tuple(problems)))
+            notes: list[str] = []
+            if not problems:
+                problems, notes = self._check_loadable(info, files)
+            results.append(VerifyResult(info.ref, tuple(problems), tuple(notes)))
         return results
+
+    def _check_loadable(
+        self, info: VersionInfo, files: dict[str, FileEntry]
+    ) -> tuple[list[str], list[str]]:
+        """(problems, notes) of a version whose blobs are intact: its checkout here (if any)
+        is verified, and restored from the blobs when damaged; the files are then checked."""
+        manifest = lambda: self._manifest(info).to_json()  # noqa: E731
+        notes = []
+        if self._copies.has_checkout(info.served_name):
+            if not self._copies.intact(info.served_name, files):
+                notes.append("its checkout here was damaged and is restored from the blobs")
+            directory = self._copies.checkout(info, files, manifest)
+            return adapter_problems(directory), notes
+        with tempfile.TemporaryDirectory(prefix="switchboard-verify-") as tmp:
+            self._copies.materialise(info, files, manifest(), Path(tmp) / "files")
+            return adapter_problems(Path(tmp) / "files"), notes
 
     def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[StoredBlob]:
         """Remove blobs no version references (left by publishes killed before their commit).
@@ -352,12 +412,25 @@ class Registry:
         return info, self._copies.checkout(info, self._files(info), manifest)
 
     def export(self, ref: str | AdapterRef, dest: Path) -> Manifest:
-        """Write a version's PEFT files and its manifest to `dest` (new or empty)."""
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        """Write a version's PEFT files and its manifest to `dest` (new or empty; not a link:
+        writing through one would put the files somewhere the user did not name)."""
+        if dest.is_symlink():
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"{dest} is a symbolic link; name a real directory"
+            )
+        existed = dest.exists()
+        if existed and (not dest.is_dir() or any(dest.iterdir())):
             raise SwitchboardError(ErrorCode.ALREADY_EXISTS, f"{dest} exists and is not empty")
         info = self.resolve(ref)
         manifest = self._manifest(info)
-        self._copies.materialise(info, self._files(info), manifest.to_json(), dest)
+        try:
+            self._copies.materialise(info, self._files(info), manifest.to_json(), dest)
+        except OSError as exc:
+            if not existed:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, f"cannot write to {dest}: {exc.strerror or exc}"
+            ) from exc
         return manifest
 
     def _files(self, info: VersionInfo) -> dict[str, FileEntry]:

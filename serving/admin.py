@@ -10,15 +10,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.refs import MAX_VERSION
 from serving.auth import check_admin
 from serving.deps import RegistryDep
+
+MAX_ROW_ID = 2**31 - 1  # what an integer key column holds (32 bits in PostgreSQL)
 
 router = APIRouter(prefix="/v1/admin", dependencies=[Depends(check_admin)], tags=["admin"])
 
 
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)  # 1e23 is not a version
 
 
 class ExamplesBody(BaseModel):
@@ -55,7 +58,9 @@ async def list_examples(route: str, registry: RegistryDep) -> dict[str, Any]:
 async def remove_examples(
     route: str,
     registry: RegistryDep,
-    ids: Annotated[list[int] | None, Query(alias="id")] = None,
+    ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_ROW_ID)]] | None, Query(alias="id")
+    ] = None,
 ) -> dict[str, Any]:
     """Remove the examples named by `?id=…` (repeatable), or all of the route's without."""
     removed = await asyncio.to_thread(registry.routes.remove_examples, route, ids)

@@ -12,20 +12,24 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from registry.refs import AdapterRef
 from serving import admin
+from serving.auth import check_mix
+from serving.body_limit import BodyLimit
 from serving.build import build_service
 from serving.deps import KeyDep, ServiceDep
 from serving.engine import Generation, SamplingParams
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
 from serving.openai_format import completion_body, header_value, model_list
+from serving.rate_limit import RateLimit, RateLimits
 from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from serving.service import Served, Service
 from serving.settings import ServerSettings
@@ -53,7 +57,17 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     app.state.client_keys = frozenset(settings.api_keys)
     app.state.admin_keys = frozenset(settings.admin_keys)
     app.include_router(admin.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    limits: dict[str, RateLimit] = {}  # by path
+    if settings.requests_per_minute:
+        generation = RateLimit(settings.requests_per_minute, "requests")
+        limits |= {"/v1/chat/completions": generation, "/v1/completions": generation}
+    if settings.feedback_per_minute:
+        limits["/v1/feedback"] = RateLimit(settings.feedback_per_minute, "feedback posts")
+    keys = app.state.client_keys | app.state.admin_keys
+    app.add_middleware(RateLimits, limits=limits, keys=keys)  # outermost: before the body
     install_error_handlers(app)
+    mix_allow = frozenset(settings.mix_allow)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -73,11 +87,19 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     async def models(service: ServiceDep) -> dict[str, Any]:
         return {"object": "list", "data": model_list(service)}
 
+    def mix_of(
+        body: ChatCompletionRequest | CompletionRequest, request: Request
+    ) -> list[tuple[str, float]]:
+        parts = [(p.ref, p.weight) for p in body.switchboard.mix] if body.switchboard else []
+        if parts:
+            check_mix(request, [AdapterRef.parse(ref).name for ref, _ in parts], mix_allow)
+        return parts
+
     @app.post("/v1/chat/completions", dependencies=KeyDep)
     async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
         messages = [m.model_dump() for m in body.messages]
         served = await asyncio.to_thread(
-            service.resolve, body.model, messages, _mix(body), request.headers
+            service.resolve, body.model, messages, mix_of(body, request), request.headers
         )
         limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
         prompt = service.engine.tokens.render_chat(messages)
@@ -88,7 +110,7 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
         body: CompletionRequest, service: ServiceDep, request: Request
     ) -> Response:
         served = await asyncio.to_thread(
-            service.resolve, body.model, body.prompt, _mix(body), request.headers
+            service.resolve, body.model, body.prompt, mix_of(body, request), request.headers
         )
         return await _respond(
             request, service, body, served, body.prompt, body.token_limit, chat=False
@@ -108,10 +130,6 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     return app
 
 
-def _mix(body: ChatCompletionRequest | CompletionRequest) -> list[tuple[str, float]]:
-    return [(p.ref, p.weight) for p in body.switchboard.mix] if body.switchboard else []
-
-
 async def _respond(
     request: Request,
     service: Service,
@@ -128,6 +146,7 @@ async def _respond(
         top_p=body.top_p,
         stop=body.stops,
         seed=body.seed,
+        logprobs=body.logprob_count,
     )
     generation_request = await asyncio.to_thread(service.prepare, prompt, served.version, params)
     metrics: Metrics = request.app.state.metrics
@@ -158,8 +177,30 @@ async def _respond(
         return StreamingResponse(
             events, media_type="text/event-stream", headers=header_value(served)
         )
-    generation = await service.generate(generation_request)
+    generation = await _unless_disconnected(request, service.generate(generation_request))
+    if generation is None:  # nobody is waiting for an answer
+        return Response(status_code=499)
     await observe(generation)
     return JSONResponse(
-        completion_body(ident, body.model, served, generation, chat), headers=header_value(served)
+        completion_body(ident, body.model, served, generation, chat, service.engine.tokens),
+        headers=header_value(served),
     )
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Generation]) -> Generation | None:
+    """`work`'s result; or None, with `work` cancelled (its generation stopped), as soon as the
+    client disconnects. The body has been read: the next message is the disconnect."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None

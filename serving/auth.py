@@ -21,7 +21,9 @@ def _presented(request: Request) -> str | None:
 
 def _holds(token: str | None, keys: Iterable[str]) -> bool:
     # compare_digest on every key: the time taken says nothing about which key was close.
-    matches = [secrets.compare_digest(token or "", key) for key in keys]
+    # As bytes: it refuses non-ASCII str, and a header may carry any (Latin-1) character.
+    presented = (token or "").encode("utf-8", "surrogateescape")
+    matches = [secrets.compare_digest(presented, key.encode()) for key in keys]
     return token is not None and any(matches)
 
 
@@ -34,11 +36,29 @@ def check_key(request: Request) -> None:
         )
 
 
-def check_admin(request: Request) -> None:
-    check_key(request)
+def is_admin(request: Request) -> bool:
     clients: frozenset[str] = request.app.state.client_keys
     admins: frozenset[str] = request.app.state.admin_keys
-    if (clients or admins) and not _holds(_presented(request), admins):
+    return not (clients or admins) or _holds(_presented(request), admins)
+
+
+def check_mix(request: Request, names: Iterable[str], allowed: frozenset[str]) -> None:
+    """A client-chosen mix publishes a derived version: admins may ask for any, client keys
+    only for adapters on the allow-list (`*`: all)."""
+    if is_admin(request) or "*" in allowed:
+        return
+    refused = sorted(set(names) - allowed)
+    if refused:
+        raise SwitchboardError(
+            ErrorCode.FORBIDDEN,
+            f"mixing {', '.join(refused)} needs an admin key or the adapter on the server's "
+            "mix allow-list (SWITCHBOARD_MIX_ALLOW)",
+        )
+
+
+def check_admin(request: Request) -> None:
+    check_key(request)
+    if not is_admin(request):
         raise SwitchboardError(
             ErrorCode.FORBIDDEN, "changing the registry needs an admin key (SWITCHBOARD_ADMIN_KEYS)"
         )

@@ -22,17 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from registry.adapter_dir import CONFIG_FILE, lora_config_refusal
 from registry.errors import ErrorCode, SwitchboardError
 
 Segment = tuple[int, int, torch.Tensor, torch.Tensor]  # rows [start, end), Aᵀ, s·Bᵀ
 LoRAWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (Aᵀ, s·Bᵀ)
 
 _PREFIX = "base_model.model."
-_UNSUPPORTED = {
-    "use_dora": "DoRA",
-    "modules_to_save": "modules_to_save",
-    "alpha_pattern": "alpha_pattern",
-}
 
 
 class BatchedLoRALinear(nn.Module):
@@ -52,16 +48,10 @@ def load_lora(path: Path, dtype: torch.dtype) -> LoRAWeights:
     """A PEFT LoRA directory as (Aᵀ, scaling·Bᵀ) per module of the base model."""
     from safetensors.torch import load_file
 
-    config: dict[str, Any] = json.loads((path / "adapter_config.json").read_text())
-    for key, what in _UNSUPPORTED.items():
-        if config.get(key):
-            raise SwitchboardError(
-                ErrorCode.INVALID_ADAPTER, f"{path.name}: {what} is not served (plain LoRA only)"
-            )
-    if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
-        raise SwitchboardError(
-            ErrorCode.INVALID_ADAPTER, f"{path.name}: LoRA biases and fan_in_fan_out are not served"
-        )
+    config: dict[str, Any] = json.loads((path / CONFIG_FILE).read_text())
+    refusal = lora_config_refusal(config)  # the registry refused these on publish too
+    if refusal is not None:
+        raise SwitchboardError(ErrorCode.INVALID_ADAPTER, f"{path.name}: {refusal}")
     alpha = float(config["lora_alpha"])
     tensors = load_file(path / "adapter_model.safetensors")
     weights: LoRAWeights = {}
@@ -70,7 +60,7 @@ def load_lora(path: Path, dtype: torch.dtype) -> LoRAWeights:
             continue
         module = key.removeprefix(_PREFIX).removesuffix(".lora_A.weight")
         b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        rank = a.shape[0]  # per module: rank_pattern may vary it
+        rank = a.shape[0]
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         weights[module] = (
             a.to(dtype).t().contiguous(),

@@ -3,7 +3,9 @@
 Requests arriving within a short window (or while the engine is busy) are handed to the
 engine together, so concurrent requests for different adapters share one forward pass.
 The engine runs in a worker thread; tokens stream back to each request's own callback on
-the event loop.
+the event loop. A request whose submitter is cancelled (its client left) is dropped before
+it runs, and the engine is told so while it runs; each request gets its own result or
+error, never its neighbours'.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ class _Pending:
     on_token: Callable[[int], None] | None
 
 
-# Runs one batch: requests, and a callback for (index in the batch, new token id).
-BatchGenerate = Callable[[list[GenerationRequest], Callable[[int, int], None]], list[Generation]]
+# Runs one batch: the requests, a callback for (index in the batch, new token id), and a
+# question (has request i's client left?). Gives each request its generation or its error.
+BatchGenerate = Callable[
+    [list[GenerationRequest], Callable[[int, int], None], Callable[[int], bool]],
+    list[Generation | Exception],
+]
 
 
 class Batcher:
@@ -73,19 +79,23 @@ class Batcher:
 
             def dispatch(index: int, token: int, live: list[_Pending] = live) -> None:
                 callback = live[index].on_token
-                if callback is not None:
+                if callback is not None and not live[index].future.done():
                     loop.call_soon_threadsafe(callback, token)
+
+            def left(index: int, live: list[_Pending] = live) -> bool:
+                return live[index].future.cancelled()  # its submitter was cancelled
 
             try:
                 results = await asyncio.to_thread(
-                    self.generate, [p.request for p in live], dispatch
+                    self.generate, [p.request for p in live], dispatch, left
                 )
-            except Exception as exc:  # every request of the batch gets the error
+            except Exception as exc:  # the engine gave no per-request answer at all
                 log.exception("batch of %d failed", len(live))
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
+                results = [exc] * len(live)
             for pending, result in zip(live, results, strict=True):
-                if not pending.future.done():
+                if pending.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    pending.future.set_exception(result)
+                else:
                     pending.future.set_result(result)

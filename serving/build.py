@@ -31,7 +31,14 @@ def build_service(settings: ServerSettings) -> Service:
 
     routes = RegistryRoutes(registry, accept=servable)
     router = build_router(settings, routes, settings.home_dir / "embeddings")
-    return Service(registry, router, engine, base)
+    return Service(
+        registry,
+        router,
+        engine,
+        base,
+        mix_step=settings.mix_weight_step,
+        max_mixes=settings.max_mixes,
+    )
 
 
 def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:

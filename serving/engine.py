@@ -17,12 +17,27 @@ from serving.tokens import Tokens
 
 FinishReason = Literal["stop", "length"]
 
+# Below this a temperature is greedy (as in vLLM): dividing logits by 1e-300 gives inf/nan.
+GREEDY_BELOW = 1e-5
+# What torch's generators (and so both engines) take as a seed.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterSpec:
+    """An adapter as an engine loads it. `checkout` gives its directory verified (re-hashed,
+    repaired from the registry's blobs if damaged): engines call it on every (re)load, never
+    trusting a copy they read before."""
+
     served_name: str
-    path: Path
+    checkout: Callable[[], Path] = field(compare=False)
     method: Literal["lora", "prefix"]
+
+    @classmethod
+    def local(cls, served_name: str, path: Path, method: Literal["lora", "prefix"]) -> AdapterSpec:
+        """An adapter directory the caller vouches for (tests, benchmarks): no re-check."""
+        return cls(served_name, lambda: path, method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +47,17 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
 
     def __post_init__(self) -> None:
+        low, high = SEED_RANGE
         problems = {
             "max_tokens must be at least 1": self.max_tokens >= 1,
             "temperature must be between 0 and 2": 0.0 <= self.temperature <= 2.0,
             "top_p must be in (0, 1]": 0.0 < self.top_p <= 1.0,
+            f"seed must be between {low} and {high}": self.seed is None or low <= self.seed <= high,
+            f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}": self.logprobs is None
+            or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
         }
         wrong = [message for message, ok in problems.items() if not ok]
         if wrong:
@@ -45,7 +65,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +76,22 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability under the model (before sampling settings), and
+    the most likely alternatives at that step, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     text: str
     token_ids: tuple[int, ...]
     prompt_tokens: int
     finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when asked for
 
 
 TokenCallback = Callable[[int], None]

@@ -1,12 +1,15 @@
 """The transformers+PEFT engine: the light default, and the one for prefix-tuned adapters.
 
 One base model in memory. LoRA adapters are loaded under their served names (least recently
-used ones dropped past `max_adapters`) into the batched LoRA layers of `batched_lora`: a batch
-of requests for different LoRA adapters and the base runs as one `generate` call, its rows
-grouped by adapter. A prefix adapter has its own thin PEFT wrapper over the same base weights;
-its rows run as their own batch, with no LoRA segments planned.
+used ones dropped past `max_adapters`), verified on every (re)load, into the batched LoRA
+layers of `batched_lora`: a batch of requests for different LoRA adapters and the base runs
+through one decoding loop (`hf_decode`), its rows grouped by adapter, each with its own
+sampling settings and its own end. A prefix adapter has its own thin PEFT wrapper over the
+same base weights; its rows run as their own batch, with no LoRA segments planned.
 
-`generate` is not re-entrant: one caller (the server's batching worker) drives it.
+A request that fails (its adapter does not load, its prompt does not fit) gets its error in
+its place; a batch that fails as a whole runs again row by row. `generate` is not
+re-entrant: one caller (the server's batching worker) drives it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from serving.engine import (
     check_context,
     cut_at_stop,
 )
+from serving.hf_decode import Rows, RowSampler, decode
 from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -55,39 +59,6 @@ class _LRU(Generic[V]):
                 log.info("unloaded %s %s (least recently used)", self.what, evicted)
         self.items.move_to_end(name)
         return item
-
-
-class _RowStreamer:
-    """Hands each row's new tokens to a callback as `generate` makes them (transformers'
-    own streamers take one row only)."""
-
-    def __init__(
-        self,
-        rows: list[int],
-        requests: list[GenerationRequest],
-        callback: RowCallback | None,
-        eos: int | None,
-    ) -> None:
-        self.rows, self.callback, self.eos = rows, callback, eos
-        self.left = [requests[i].params.max_tokens for i in rows]
-        self._prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # the first call carries the prompts
-            self._prompt_seen = True
-            return
-        assert self.callback is not None
-        for slot, token in enumerate(value.reshape(-1).tolist()):
-            if self.left[slot] <= 0:
-                continue
-            if token == self.eos:
-                self.left[slot] = 0
-                continue
-            self.left[slot] -= 1
-            self.callback(self.rows[slot], int(token))
-
-    def end(self) -> None:
-        return None
 
 
 def _lora_name(request: GenerationRequest) -> str:
@@ -139,11 +110,11 @@ class HFEngine:
     ) -> Generation:
         return await self._batcher.submit(request, on_token)
 
-    # ---- adapters ---------------------------------------------------------------------------
+    # ---- adapters: verified on every (re)load ----------------------------------------------
 
     def _load_lora(self, adapter: AdapterSpec) -> LoRAWeights:
         def load() -> LoRAWeights:
-            weights = load_lora(adapter.path, self.model.dtype)
+            weights = load_lora(adapter.checkout(), self.model.dtype)
             self._lora_set.wrap(weights)
             return weights
 
@@ -154,92 +125,142 @@ class HFEngine:
 
         return self._prefixes.get(
             adapter.served_name,
-            lambda: PeftModel.from_pretrained(self.model, adapter.path).eval(),
+            lambda: PeftModel.from_pretrained(self.model, adapter.checkout()).eval(),
         )
 
     # ---- generation -------------------------------------------------------------------------
 
     def generate(
-        self, requests: list[GenerationRequest], on_token: RowCallback | None = None
-    ) -> list[Generation]:
+        self,
+        requests: list[GenerationRequest],
+        on_token: RowCallback | None = None,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> list[Generation | Exception]:
         """Generate for a batch; rows with different adapters share one pass where they can.
 
         `on_token(i, token_id)` is called for each new token of request `i` as it is made
         (up to its own max_tokens, never past its end of sequence): streaming hooks in here.
+        `cancelled(i)` says request `i`'s client has left: its row ends at the next step.
+        A request that fails (its adapter cannot be loaded, its prompt does not fit) gets its
+        error in its place; the others are answered.
         """
-        results: dict[int, Generation] = {}
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        is_cancelled = cancelled or (lambda _: False)
         with self._lock:
-
-            def group_key(i: int) -> tuple[Any, ...]:
-                request = requests[i]
-                prefix = (
-                    request.adapter.served_name
-                    if request.adapter and request.adapter.method == "prefix"
-                    else ""
-                )
-                p = request.params
-                return (prefix, p.greedy, p.temperature, p.top_p, p.seed)
-
-            order = sorted(range(len(requests)), key=group_key)
-            for _, members in groupby(order, key=group_key):
+            groups: dict[str, list[int]] = {}  # by prefix adapter ("" for LoRA and base rows)
+            loras: dict[str, LoRAWeights] = {}
+            for i, request in enumerate(requests):
+                try:
+                    groups.setdefault(self._prepare(request, loras), []).append(i)
+                except Exception as exc:  # this request's alone
+                    results[i] = exc
+            for members in groups.values():
                 # Rows for the same LoRA adapter side by side: one segment each per layer.
                 rows = sorted(members, key=lambda i: _lora_name(requests[i]))
-                streamer = _RowStreamer(rows, requests, on_token, self.tokenizer.eos_token_id)
-                batch = [requests[i] for i in rows]
-                for i, generation in zip(rows, self._run(batch, streamer), strict=True):
-                    results[i] = generation
-        return [results[i] for i in range(len(requests))]
+                self._run_isolated(rows, requests, loras, results, on_token, is_cancelled)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
 
-    def _run(self, batch: list[GenerationRequest], streamer: Any) -> list[Generation]:
-        """One `generate` call: rows share a prefix adapter (or none) and sampling settings."""
-        import torch
+    def _prepare(self, request: GenerationRequest, loras: dict[str, LoRAWeights]) -> str:
+        """Load the request's adapter (verified) and check its prompt; its group key."""
+        length = len(self.tokens.encode(request.prompt))
+        check_context(length, request.params.max_tokens, self.max_model_len)
+        adapter = request.adapter
+        if adapter is None:
+            return ""
+        if adapter.method == "prefix":
+            self._load_prefix(adapter)
+            return adapter.served_name
+        loras[adapter.served_name] = self._load_lora(adapter)
+        return ""
 
-        params = batch[0].params
-        first = batch[0].adapter
-        kwargs: dict[str, Any] = {}
-        model = self.model
-        if first is not None and first.method == "prefix":
-            model = self._load_prefix(first)
-        else:
-            segments = []
-            for _, rows in groupby(enumerate(batch), key=lambda row: _lora_name(row[1])):
-                indices = [i for i, _ in rows]
-                adapter = batch[indices[0]].adapter
-                if adapter is not None:
-                    segments.append((indices[0], indices[-1] + 1, self._load_lora(adapter)))
-            self._lora_set.plan(segments)
-        encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True)
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        longest = encoded["input_ids"].shape[1]
-        for request, length in zip(batch, prompt_lengths, strict=True):
-            check_context(length, request.params.max_tokens, self.max_model_len)
-        if not params.greedy:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        else:
-            kwargs.update(do_sample=False)
+    def _run_isolated(
+        self,
+        rows: list[int],
+        requests: list[GenerationRequest],
+        loras: dict[str, LoRAWeights],
+        results: list[Generation | Exception | None],
+        on_token: RowCallback | None,
+        cancelled: Callable[[int], bool],
+    ) -> None:
+        """Run rows together; if that fails, run each again alone, so that the error reaches
+        only the request that causes it (a row already streamed to shares the error)."""
+        progress = Rows([[] for _ in rows], [None] * len(rows))
         try:
-            with torch.inference_mode():
-                output = model.generate(
-                    **encoded,
-                    max_new_tokens=max(r.params.max_tokens for r in batch),
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    streamer=streamer if streamer.callback else None,
-                    **kwargs,
-                )
+            for i, generation in zip(
+                rows, self._run(rows, requests, loras, on_token, cancelled, progress), strict=True
+            ):
+                results[i] = generation
+            return
+        except Exception as exc:
+            if len(rows) == 1:
+                log.warning("request failed in the engine: %s", exc)
+                results[rows[0]] = exc
+                return
+            log.warning("batch of %d failed (%s); running its rows one by one", len(rows), exc)
+            for slot, i in enumerate(rows):
+                if slot in progress.streamed:
+                    results[i] = exc
+                else:
+                    self._run_isolated([i], requests, loras, results, on_token, cancelled)
+
+    def _run(
+        self,
+        rows: list[int],
+        requests: list[GenerationRequest],
+        loras: dict[str, LoRAWeights],
+        on_token: RowCallback | None,
+        cancelled: Callable[[int], bool],
+        progress: Rows,
+    ) -> list[Generation]:
+        """One batch through the decoding loop: the rows share a prefix adapter (or none)."""
+        batch = [requests[i] for i in rows]
+        first = batch[0].adapter
+        prefix = None
+        if first is not None and first.method == "prefix":
+            prefix = self._load_prefix(first).get_prompt(batch_size=len(batch))
+        names = [_lora_name(r) for r in batch]
+
+        def replan(live: list[int]) -> None:  # LoRA segments over the rows still running
+            segments = []
+            start = 0
+            for name, group in groupby(names[row] for row in live):
+                size = len(list(group))
+                if name:
+                    segments.append((start, start + size, loras[name]))
+                start += size
+            self._lora_set.plan(segments)
+
+        encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True)
+        params = [r.params for r in batch]
+        sampler = RowSampler(params)
+        try:
+            decode(
+                self.model,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                params,
+                eos=self.tokenizer.eos_token_id,
+                text_of=self.tokens.decode,
+                sampler=sampler,
+                on_token=None if on_token is None else lambda slot, t: on_token(rows[slot], t),
+                cancelled=lambda slot: cancelled(rows[slot]),
+                replan=replan,
+                prefix=prefix,
+                rows=progress,
+            )
         finally:
             self._lora_set.clear()
         generations = []
-        eos = self.tokenizer.eos_token_id
-        for row, request, length in zip(output, batch, prompt_lengths, strict=True):
-            new = row[longest:].tolist()[: request.params.max_tokens]
-            finish: Any = "length"
-            if eos in new:
-                new, finish = new[: new.index(eos)], "stop"
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, request.params.stop)
-            generations.append(
-                Generation(text, tuple(new), int(length), "stop" if stopped else finish)
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        for slot, (request, length) in enumerate(zip(batch, prompt_lengths, strict=True)):
+            made = progress.made[slot]
+            text, stopped = cut_at_stop(self.tokens.decode(made), request.params.stop)
+            finish: Any = "stop" if stopped or progress.ended[slot] == "stop" else "length"
+            logprobs = (
+                tuple(sampler.logprobs[slot][: len(made)])
+                if request.params.logprobs is not None
+                else None
             )
+            generations.append(Generation(text, tuple(made), int(length), finish, logprobs))
         return generations

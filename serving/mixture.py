@@ -8,8 +8,10 @@ R and the file loads in PEFT and vLLM alike. Averaging A and B separately (PEFT 
 would be another model; this is PEFT's `cat`, computed once.
 
 A mix is registered as a derived version of the adapter `mix-<12 hex>`, named by its
-components' content and weights (rounded to 4 decimals), with the components as lineage:
-building the same mix again is a registry lookup.
+components' content and weights, with the components as lineage: building the same mix again
+is a registry lookup. Weights are first quantised to a step (0.05 by default), so that
+weights differing in the fourth decimal do not each publish a new mix; and `collect_mixes`
+keeps their number bounded, least recently used first out.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
 from registry.manifest import Component, ManifestDraft
 from registry.records import VersionInfo
+from registry.refs import MIX_PREFIX
 from registry.store import Registry
 
 log = logging.getLogger(__name__)
 
 WEIGHT_DECIMALS = 4
+WEIGHT_STEP = 0.05
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -52,10 +56,19 @@ def mixture_name(components: list[tuple[VersionInfo, float]]) -> str:
     return f"mix-{digest.hexdigest()[:12]}"
 
 
+def quantise(weight: float, step: float) -> float:
+    """The nearest multiple of `step`, at least one step (a named component counts)."""
+    return round(max(step, round(weight / step) * step), WEIGHT_DECIMALS)
+
+
 def build_mixture(
-    registry: Registry, parts: list[tuple[str, float]], base: BaseModelInfo
+    registry: Registry,
+    parts: list[tuple[str, float]],
+    base: BaseModelInfo,
+    step: float = WEIGHT_STEP,
 ) -> Mixture:
-    """The registry version serving Σ wᵢ·ΔWᵢ of the LoRA versions `parts` names (refs)."""
+    """The registry version serving Σ wᵢ·ΔWᵢ of the LoRA versions `parts` names (refs),
+    weights quantised to `step`."""
     if not parts:
         raise SwitchboardError(ErrorCode.INVALID_INPUT, "a mixture needs at least one component")
     components: list[tuple[VersionInfo, float]] = []
@@ -75,7 +88,7 @@ def build_mixture(
                 ErrorCode.INCOMPATIBLE_BASE,
                 f"{version.ref} was made for another base than {base.id}",
             )
-        components.append((version, round(weight, WEIGHT_DECIMALS)))
+        components.append((version, quantise(weight, step)))
     if len({v.served_name for v, _ in components}) != len(components):
         raise SwitchboardError(ErrorCode.INVALID_INPUT, "a component appears twice in the mix")
     name = mixture_name(components)
@@ -153,3 +166,30 @@ def _write_concatenated(
     out.mkdir(parents=True)
     save_file(merged, str(out / WEIGHTS_FILE))
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def collect_mixes(registry: Registry, keep: int, last_used: dict[str, float]) -> list[str]:
+    """Purge mixes past the `keep` most recently used (`last_used`: served name -> time of
+    use in this process; a mix not used here counts from its creation). Returns the refs
+    purged. A mix an alias or an experiment names is kept."""
+    mixes = [
+        version
+        for summary in registry.list_adapters()
+        if summary.name.startswith(MIX_PREFIX)
+        for version in registry.list_versions(summary.name)
+    ]
+    if len(mixes) <= keep:
+        return []
+    mixes.sort(key=lambda v: last_used.get(v.served_name, v.created_at.timestamp()), reverse=True)
+    purged = []
+    for version in mixes[keep:]:
+        try:
+            registry.purge(version.ref)
+        except SwitchboardError as exc:
+            log.info("mix %s kept: %s", version.ref, exc.message)
+            continue
+        last_used.pop(version.served_name, None)
+        purged.append(version.ref)
+    if purged:
+        log.info("purged least recently used mixes: %s", ", ".join(purged))
+    return purged

@@ -9,6 +9,7 @@ from typing import Any
 
 from serving.engine import Generation
 from serving.service import Served, Service, unservable
+from serving.tokens import Tokens
 
 ROUTE_HEADER = "x-switchboard-route"
 
@@ -76,13 +77,44 @@ def usage(generation: Generation) -> dict[str, int]:
     }
 
 
+def logprobs_body(generation: Generation, tokens: Tokens, chat: bool) -> dict[str, Any] | None:
+    """OpenAI's `logprobs` of a choice: chat's list of tokens with their alternatives, or the
+    completions API's parallel lists."""
+    if generation.logprobs is None:
+        return None
+    text = tokens.token_text
+    if chat:
+        return {
+            "content": [
+                {
+                    **_chat_token(text(step.token_id), step.logprob),
+                    "top_logprobs": [_chat_token(text(t), lp) for t, lp in step.top],
+                }
+                for step in generation.logprobs
+            ],
+            "refusal": None,
+        }
+    pieces = [text(step.token_id) for step in generation.logprobs]
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    return {
+        "tokens": pieces,
+        "token_logprobs": [step.logprob for step in generation.logprobs],
+        "top_logprobs": [{text(t): lp for t, lp in step.top} for step in generation.logprobs],
+        "text_offset": offsets,
+    }
+
+
+def _chat_token(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+
 def completion_body(
-    ident: str, model: str, served: Served, generation: Generation, chat: bool
+    ident: str, model: str, served: Served, generation: Generation, chat: bool, tokens: Tokens
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "finish_reason": generation.finish_reason,
-        "logprobs": None,
+        "logprobs": logprobs_body(generation, tokens, chat),
     }
     if chat:
         choice["message"] = {"role": "assistant", "content": generation.text}

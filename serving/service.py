@@ -25,7 +25,7 @@ from serving.engine import (
     TokenCallback,
     check_context,
 )
-from serving.mixture import build_mixture
+from serving.mixture import WEIGHT_STEP, build_mixture, collect_mixes
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ class Service:
     router: Router
     engine: Engine
     base: BaseModelInfo
+    mix_step: float = WEIGHT_STEP
+    max_mixes: int = 32
     _specs: dict[str, AdapterSpec] = field(default_factory=dict)
+    _mixes_used: dict[str, float] = field(default_factory=dict)  # served name -> last use
     _experiments: dict[str, Experiment] = field(default_factory=dict)  # by adapter name
     _experiments_read: float = -math.inf
     _arms: dict[tuple[int, int], VersionInfo] = field(default_factory=dict)
@@ -104,8 +107,7 @@ class Service:
         if decision.kind == "base":
             return Served(decision, None)
         if decision.kind == "mix":
-            parts = [(c.ref, c.weight) for c in decision.choices]
-            return Served(decision, build_mixture(self.registry, parts, self.base).version)
+            return Served(decision, self._mixture([(c.ref, c.weight) for c in decision.choices]))
         version = decision.choices[0].version
         assert version is not None  # registry routes always name versions
         if model in ("auto", version.name):  # a pinned version or alias is not split
@@ -113,6 +115,13 @@ class Service:
             if experiment is not None:
                 return self._split(decision, experiment, headers or {})
         return Served(decision, version)
+
+    def _mixture(self, parts: list[tuple[str, float]]) -> VersionInfo:
+        mixture = build_mixture(self.registry, parts, self.base, self.mix_step)
+        self._mixes_used[mixture.version.served_name] = time.time()
+        if mixture.built:  # one more in the registry: the least recently used may go
+            collect_mixes(self.registry, self.max_mixes, self._mixes_used)
+        return mixture.version
 
     def _running(self) -> dict[str, Experiment]:
         """Running experiments, re-read at most once a second (every replica sees a change
@@ -149,7 +158,8 @@ class Service:
                 self._out_of_rotation[experiment.id] = excluded | {arm.position}
 
     def adapter(self, version: VersionInfo | None) -> AdapterSpec | None:
-        """The engine's view of a version: files verified once, on first use."""
+        """The engine's view of a version. Its files are checked out (verified) here, before
+        the request joins a batch, and again by the engine whenever it (re)loads them."""
         if version is None:
             return None
         refusal = unservable(version, self.base, self.engine)
@@ -157,10 +167,13 @@ class Service:
             raise refusal
         spec = self._specs.get(version.served_name)
         if spec is None:
-            _, path = self.registry.checkout(version.ref)
+            ref = version.ref
             spec = AdapterSpec(
-                version.served_name, path, "prefix" if version.method == "prefix" else "lora"
+                version.served_name,
+                lambda: self.registry.checkout(ref)[1],
+                "prefix" if version.method == "prefix" else "lora",
             )
+            spec.checkout()
             self._specs[version.served_name] = spec
         return spec
 

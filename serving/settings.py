@@ -60,3 +60,31 @@ class ServerSettings(RegistrySettings, RouterSettings, EngineSettings):
         default_factory=list,
         description="keys that may also change the registry through the API (JSON list)",
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest request body taken (413 past it)"
+    )
+    requests_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="per API key (or client address without keys): generation requests a "
+        "minute, bursts up to that many (429 past it); none: no limit",
+    )
+    feedback_per_minute: float | None = Field(
+        default=None, gt=0, description="per API key (or address): feedback posts a minute"
+    )
+    mix_allow: list[str] = Field(
+        default_factory=list,
+        description='adapter names a client key may mix (JSON list; ["*"]: any); an admin '
+        "key may always mix; with no keys configured, anyone may",
+    )
+    mix_weight_step: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="client mix weights are rounded to this step before a mix is named",
+    )
+    max_mixes: int = Field(
+        default=32,
+        ge=1,
+        description="mixes kept in the registry; past it, the least recently used mix is deleted",
+    )

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from serving.engine import Generation, GenerationRequest
+from serving.errors import error_event
 from serving.openai_format import stream_chunk, usage
 from serving.service import Served, Service
 
@@ -28,45 +29,55 @@ async def stream(
 ) -> AsyncIterator[str]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     task = asyncio.ensure_future(service.generate(generation_request, queue.put_nowait))
-    tokens: list[int] = []
-    sent = ""
-    created = int(time.time())
+    try:
+        tokens: list[int] = []
+        sent = ""
+        created = int(time.time())
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
-        return stream_chunk(ident, model, created, chat, text, finish, served if first else None)
+        def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+            return stream_chunk(
+                ident, model, created, chat, text, finish, served if first else None
+            )
 
-    yield chunk(None, None, first=True)
-    stops = generation_request.params.stop
-    while not (task.done() and queue.empty()):
+        yield chunk(None, None, first=True)
+        stops = generation_request.params.stop
+        while not (task.done() and queue.empty()):
+            try:
+                tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
+            except TimeoutError:
+                continue
+            text = service.engine.tokens.decode(tokens)
+            if text.endswith("\ufffd"):
+                continue  # half of a multi-byte character: wait for the rest
+            if any(s in text for s in stops):
+                continue  # the final text (cut at the stop) is sent below
+            if stops:  # hold back what may be the start of a stop string
+                hold = max((len(s) - 1 for s in stops), default=0)
+                text = text[: max(len(sent), len(text) - hold)]
+            if len(text) > len(sent):
+                yield chunk(text[len(sent) :], None)
+                sent = text
         try:
-            tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
-        except TimeoutError:
-            continue
-        text = service.engine.tokens.decode(tokens)
-        if text.endswith("\ufffd"):
-            continue  # half of a multi-byte character: wait for the rest
-        if any(s in text for s in stops):
-            continue  # the final text (cut at the stop) is sent below
-        if stops:  # hold back what may be the start of a stop string
-            hold = max((len(s) - 1 for s in stops), default=0)
-            text = text[: max(len(sent), len(text) - hold)]
-        if len(text) > len(sent):
-            yield chunk(text[len(sent) :], None)
-            sent = text
-    generation = await task
-    if len(generation.text) > len(sent) and generation.text.startswith(sent):
-        yield chunk(generation.text[len(sent) :], None)
-    await observe(generation)
-    yield chunk(None, generation.finish_reason)
-    if include_usage:
-        kind = "chat.completion.chunk" if chat else "text_completion"
-        final: dict[str, Any] = {
-            "id": ident,
-            "object": kind,
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage(generation),
-        }
-        yield f"data: {json.dumps(final)}\n\n"
-    yield "data: [DONE]\n\n"
+            generation = await task
+        except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI's
+            yield f"data: {json.dumps(error_event(exc))}\n\n"
+            return
+        if len(generation.text) > len(sent) and generation.text.startswith(sent):
+            yield chunk(generation.text[len(sent) :], None)
+        await observe(generation)
+        yield chunk(None, generation.finish_reason)
+        if include_usage:
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            final: dict[str, Any] = {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage(generation),
+            }
+            yield f"data: {json.dumps(final)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:  # done, or the client left (the server closed this generator): stop its work
+        if not task.done():
+            task.cancel()

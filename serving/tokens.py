@@ -34,3 +34,9 @@ class Tokens:
     def decode(self, ids: Sequence[int]) -> str:
         text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
         return text
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text (logprobs name tokens so); part of a character decodes to
+        U+FFFD, as OpenAI's own tokens do."""
+        text: str = self.tokenizer.decode([token_id])
+        return text

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.engine import Generation, GenerationRequest, TokenCallback
+from serving.engine import Generation, GenerationRequest, TokenCallback, TokenLogprob
 from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class VLLMEngine:
         self._llm: Any = None
         self._ids: dict[str, int] = {}
         self._next_id = itertools.count(1)
+        self._recent: OrderedDict[str, Path] = OrderedDict()  # vLLM's host cache, mirrored
 
     def refuses(self, method: str, rank: int | None) -> str | None:
         if method != "lora":
@@ -106,51 +108,79 @@ class VLLMEngine:
             self._llm.shutdown()
             self._llm = None
 
-    def _lora(self, request: GenerationRequest) -> Any:
+    async def _lora(self, request: GenerationRequest) -> Any:
+        """The request's LoRARequest. An adapter vLLM may have to (re)load (not among the
+        `max_cpu_loras` it used last, mirrored here) is verified first: vLLM reads the files
+        itself and would serve a damaged copy."""
         from vllm.lora.request import LoRARequest
 
         adapter = request.adapter
         if adapter is None:
             return None
-        lora_id = self._ids.get(adapter.served_name)
+        name = adapter.served_name
+        lora_id = self._ids.get(name)
         if lora_id is None:
-            lora_id = self._ids[adapter.served_name] = next(self._next_id)
-        return LoRARequest(adapter.served_name, lora_id, str(adapter.path))
+            lora_id = self._ids[name] = next(self._next_id)
+        path = self._recent.get(name)
+        if path is None:
+            path = self._recent[name] = await asyncio.to_thread(adapter.checkout)
+            while len(self._recent) > max(self.options.max_cpu_loras, self.options.max_loras):
+                self._recent.popitem(last=False)
+        self._recent.move_to_end(name)
+        return LoRARequest(name, lora_id, str(path))
 
     async def submit(
         self, request: GenerationRequest, on_token: TokenCallback | None = None
     ) -> Generation:
+        """One request. Cancelling the caller (the client left) aborts it in vLLM: the
+        generator below is closed, and vLLM's `generate` aborts its request on that."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         p = request.params
         params = SamplingParams(
             max_tokens=p.max_tokens,
-            temperature=p.temperature,
+            temperature=0.0 if p.greedy else p.temperature,
             top_p=p.top_p,
             seed=p.seed,
             stop=list(p.stop) or None,
+            logprobs=p.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
         prompt_ids = self.tokens.encode(request.prompt)
+        lora = await self._lora(request)
         text: list[str] = []
         ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
         finish = None
         async for output in self._llm.generate(
-            {"prompt_token_ids": prompt_ids},
-            params,
-            uuid.uuid4().hex,
-            lora_request=self._lora(request),
+            {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora
         ):
             completion = output.outputs[0]
             text.append(completion.text)
-            for token in completion.token_ids:
+            steps = completion.logprobs or [None] * len(completion.token_ids)
+            for token, step in zip(completion.token_ids, steps, strict=True):
                 if token == self.tokens.eos_id:
                     continue  # as in the transformers engine: the end is not content
                 ids.append(token)
+                if step is not None:
+                    logprobs.append(_token_logprob(token, step, p.logprobs or 0))
                 if on_token is not None:
                     on_token(token)
             finish = completion.finish_reason or finish
         return Generation(
-            "".join(text), tuple(ids), len(prompt_ids), "length" if finish == "length" else "stop"
+            "".join(text),
+            tuple(ids),
+            len(prompt_ids),
+            "length" if finish == "length" else "stop",
+            tuple(logprobs) if p.logprobs is not None else None,
         )
+
+
+def _token_logprob(token: int, step: dict[int, Any], k: int) -> TokenLogprob:
+    """vLLM's logprobs of one step (the chosen token's, and the top k by rank)."""
+    top = sorted(
+        ((t, lp) for t, lp in step.items() if lp.rank is not None and lp.rank <= k),
+        key=lambda item: item[1].rank,
+    )
+    return TokenLogprob(token, float(step[token].logprob), tuple((t, lp.logprob) for t, lp in top))

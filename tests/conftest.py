@@ -20,6 +20,8 @@ from registry.blobs.local import LocalBlobStore
 from switchboard.bases import pull
 from trainer.synthetic import random_adapter
 
+pytest_plugins = ["serving_world"]  # the HTTP tests' shared servers
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder loads from its package, never a hub
 
 

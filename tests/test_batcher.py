@@ -22,20 +22,30 @@ class FakeEngine:
         self.hold: threading.Event | None = None
         self.started = threading.Event()
         self.fail_next = False
+        self.seen_cancelled: list[bool] = []
 
     def generate(
-        self, requests: list[GenerationRequest], on_token: Callable[[int, int], None]
-    ) -> list[Generation]:
+        self,
+        requests: list[GenerationRequest],
+        on_token: Callable[[int, int], None],
+        cancelled: Callable[[int], bool],
+    ) -> list[Generation | Exception]:
         self.batches.append([r.prompt for r in requests])
         self.started.set()
         if self.hold is not None:
             self.hold.wait(timeout=10)
+        self.seen_cancelled = [cancelled(i) for i in range(len(requests))]
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("the engine broke")
         for row in range(len(requests)):
             on_token(row, 100 + row)
-        return [Generation(r.prompt.upper(), (1,), 1, "stop") for r in requests]
+        return [
+            ValueError(f"bad {r.prompt}")
+            if r.prompt.startswith("bad")
+            else Generation(r.prompt.upper(), (1,), 1, "stop")
+            for r in requests
+        ]
 
 
 def _request(prompt: str) -> GenerationRequest:
@@ -115,3 +125,38 @@ def test_an_engine_error_reaches_every_request_of_its_batch_and_the_next_batch_r
 
     asyncio.run(_with_batcher(engine, body, window_s=0.2))
     assert engine.batches == [["a", "b", "c"], ["later"]]
+
+
+def test_a_request_the_engine_fails_alone_fails_alone() -> None:
+    engine = FakeEngine()
+
+    async def body(batcher: Batcher) -> None:
+        outcomes = await asyncio.gather(
+            *(batcher.submit(_request(p)) for p in ("a", "bad-b", "c")), return_exceptions=True
+        )
+        assert [getattr(o, "text", None) for o in outcomes] == ["A", None, "C"]
+        assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad bad-b"
+
+    asyncio.run(_with_batcher(engine, body, window_s=0.2))
+    assert engine.batches == [["a", "bad-b", "c"]]
+
+
+def test_the_engine_is_told_which_clients_left_while_their_batch_runs() -> None:
+    engine = FakeEngine()
+    engine.hold = threading.Event()
+    streamed: list[int] = []
+
+    async def body(batcher: Batcher) -> None:
+        stays = asyncio.create_task(batcher.submit(_request("stays")))
+        gone = asyncio.create_task(batcher.submit(_request("gone"), streamed.append))
+        await asyncio.to_thread(engine.started.wait, 10)  # both are running
+        gone.cancel()  # its client disconnected mid-generation
+        await asyncio.sleep(0.05)
+        engine.hold.set()  # type: ignore[union-attr]
+        assert (await stays).text == "STAYS"
+        await asyncio.sleep(0.05)
+
+    asyncio.run(_with_batcher(engine, body, window_s=0.2))
+    assert engine.batches == [["stays", "gone"]]
+    assert engine.seen_cancelled == [False, True]
+    assert streamed == []  # nothing more is handed to a client that left

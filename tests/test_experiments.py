@@ -123,6 +123,9 @@ def test_records_and_feedback_are_durable_and_checked(
     store.record("r2", experiment, experiment.arms[1], 0.5, 12, 6)
     assert store.feedback("r1", thumbs_up=True, label="helpful") == "exp"
     store.feedback("r2", score=0.25)
+    with pytest.raises(SwitchboardError, match="already has feedback") as repeated:
+        store.feedback("r1", thumbs_up=False)  # one client must not outvote the rest
+    assert repeated.value.code == ErrorCode.CONFLICT
     for kwargs, match in (
         ({"thumbs_up": True}, "no response 'r9'"),
         ({"score": 1.5}, "between 0 and 1"),
@@ -250,6 +253,14 @@ def test_simulated_users_over_http_find_the_better_arm_and_survive_a_restart(
         assert wrong.status_code == 400 and "between 0 and 1" in wrong.json()["error"]["message"]
         invalid = http.post("/v1/feedback", json={"id": "x", "thumbs": "sideways"})
         assert invalid.status_code == 400
+        answered = http.post(
+            "/v1/completions", json={"model": "math", "prompt": "1", "max_tokens": 1}
+        )
+        first = http.post("/v1/feedback", json={"id": answered.json()["id"], "thumbs": "up"})
+        assert first.status_code == 200, first.text
+        for _ in range(3):  # issue 15 item 8: repeats counted, one client moved the p-value
+            again = http.post("/v1/feedback", json={"id": answered.json()["id"], "thumbs": "up"})
+            assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
     recorded_before = len(registry.experiments.exposures("math-v2"))
     with _app(world, real_base) as http:  # a restart: nothing recorded is lost
         assert len(registry.experiments.exposures("math-v2")) == recorded_before

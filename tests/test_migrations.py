@@ -90,13 +90,13 @@ def test_a_new_database_is_created_at_the_newest_revision(database_url: str, hom
     Registry(database_url, home).close()
     engine = open_engine(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0002"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0003"
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     engine.dispose()
     Registry(database_url, home).close()  # and opens again as it is
     result = _cli(database_url, home, "registry", "upgrade", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"from": "0002", "to": "0002", "changed": False}
+    assert json.loads(result.stdout) == {"from": "0003", "to": "0003", "changed": False}
 
 
 def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_record(
@@ -121,7 +121,7 @@ def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_recor
 
     upgraded = _cli(database_url, home, "registry", "upgrade", "--json")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0002", "changed": True}
+    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0003", "changed": True}
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     assert "ix_adapter_versions_adapter_id" not in _indexes(engine, "adapter_versions")
     assert _dump(engine) == records
@@ -211,3 +211,35 @@ def test_processes_opening_a_new_database_at_once_create_it_once(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head(),)]
     engine.dispose()
+
+
+def test_upgrading_to_one_feedback_per_response_keeps_each_responses_first(
+    database_url: str, home: Path, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    """0003: a database from before it may hold repeated feedback (the issue-15 abuse)."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from registry.schema import FeedbackRow
+
+    engine, records = _filled(database_url, home, tiny_base, lora_dir, lora_dir_2)
+    _to(engine, "0002")
+    repeats = [
+        {"response_id": "resp-1", "thumbs_up": False, "score": None, "label": f"again {i}",
+         "created_at": datetime.now(UTC)}
+        for i in range(3)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(FeedbackRow.__table__.insert(), repeats)
+        assert conn.scalar(text("SELECT count(*) FROM feedback")) == 4
+    with writer(engine).begin() as conn:
+        command.upgrade(_config(conn), "head")
+    assert _dump(engine) == records  # the first (the original) stays, the repeats are gone
+    assert "ix_feedback_response_id" in _indexes(engine, "feedback")
+    engine.dispose()
+    registry = Registry(database_url, home)
+    with pytest.raises(SwitchboardError, match="already has feedback") as repeated:
+        registry.experiments.feedback("resp-1", thumbs_up=False)
+    assert repeated.value.code == ErrorCode.CONFLICT
+    registry.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from registry import (
     Registry,
     SwitchboardError,
 )
+from registry.manifest import Component
 from registry.tensors import sha256_file
 from switchboard.bases import get_or_hint
 
@@ -136,7 +139,48 @@ def _broken_copy(src: Path, dst: Path, edit: str) -> Path:
         (dst / "adapter_config.json").write_text(json.dumps(config))
     elif edit == "subdir":
         (dst / "nested").mkdir()
+    elif edit in _CONFIG_EDITS:
+        config = json.loads((dst / "adapter_config.json").read_text())
+        config.update(_CONFIG_EDITS[edit])
+        (dst / "adapter_config.json").write_text(json.dumps(config))
+    else:
+        _edit_weights(dst / "adapter_model.safetensors", edit)
     return dst
+
+
+# Issue 15 item 4: configs the engines cannot serve, which publish used to accept.
+_CONFIG_EDITS: dict[str, dict[str, Any]] = {
+    "dora": {"use_dora": True},
+    "bias": {"bias": "all"},
+    "fan-in-fan-out": {"fan_in_fan_out": True},
+    "modules-to-save": {"modules_to_save": ["lm_head"]},
+    "alpha-pattern": {"alpha_pattern": {"q_proj": 64}},
+    "huge-alpha": {"lora_alpha": 1e38},
+}
+
+
+def _edit_weights(path: Path, edit: str) -> None:
+    """Break a safetensors file the way a careless or hostile writer would."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    body = bytearray(data[8 + length :])
+    names = sorted(k for k in header if k != "__metadata__")
+    first, second = header[names[0]], header[names[1]]
+    if edit == "data-truncated":
+        body = body[:-64]
+    elif edit == "offset-past-end":
+        first["data_offsets"][1] += 10**6
+    elif edit == "overlap":
+        second["data_offsets"] = list(first["data_offsets"])
+        second["shape"] = list(first["shape"])
+    elif edit == "dtype-mismatch":
+        first["dtype"] = "F16"
+    elif edit == "nan":
+        start = first["data_offsets"][0]
+        body[start : start + 4] = struct.pack("<f", float("nan"))
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(body))
 
 
 @pytest.mark.parametrize(
@@ -148,6 +192,17 @@ def _broken_copy(src: Path, dst: Path, edit: str) -> Path:
         ("truncated", "not a readable safetensors file"),
         ("bad-type", "'IA3' is not supported"),
         ("subdir", "nested is not a plain file"),
+        ("data-truncated", "outside the file"),
+        ("offset-past-end", "outside the file"),
+        ("overlap", "overlap"),
+        ("dtype-mismatch", "do not hold F16"),
+        ("nan", "non-finite weights"),
+        ("dora", "DoRA cannot be served"),
+        ("bias", "LoRA biases cannot be served"),
+        ("fan-in-fan-out", "fan_in_fan_out"),
+        ("modules-to-save", "modules_to_save cannot be served"),
+        ("alpha-pattern", "alpha_pattern cannot be served"),
+        ("huge-alpha", "scale lora_alpha/r"),
     ],
 )
 def test_invalid_adapter_dirs_are_refused_and_nothing_is_written(
@@ -362,3 +417,84 @@ def test_base_models_get_by_path_and_refuse_non_models(
     # The registry only looks up; the layer that knows how to obtain a base says how.
     with _error(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
         get_or_hint(bases, "smollm2-135m-instruct")
+
+
+def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_checkouts(
+    registry: Registry,
+    tiny_base: BaseModelInfo,
+    lora_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15 items 4 and 5: a version published before the checks existed is reported;
+    a checkout changed on disk is found and restored (it used to be trusted after first use)."""
+    import registry.adapter_dir as adapter_dir
+
+    good = registry.publish(lora_dir, "legal", tiny_base)
+    nan = _broken_copy(lora_dir, tmp_path / "nan", "nan")
+    with monkeypatch.context() as old_switchboard:  # as published before the check
+        old_switchboard.setattr(adapter_dir, "nonfinite_tensors", lambda _: [])
+        registry.publish(nan, "old", tiny_base)
+    results = {r.ref: r for r in registry.verify()}
+    assert results["legal:1"].ok and not results["legal:1"].notes
+    assert not results["old:1"].ok and "non-finite" in results["old:1"].problems[0]
+
+    _, path = registry.checkout("legal")
+    weights = path / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\x00\x00\x80\x7f")  # same size, lora_B overwritten
+    [result] = registry.verify("legal")
+    assert result.ok and "restored" in result.notes[0]
+    assert weights.read_bytes() == original
+    assert good.served_name == path.name
+
+
+def test_the_mix_prefix_is_reserved_and_only_mixes_are_purged(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    """Issue 15 item 9: a hand publish could take a `mix-` name."""
+    with _error(ErrorCode.INVALID_NAME, "reserved for the mixes"):
+        registry.publish(lora_dir, "mix-0123456789ab", tiny_base)
+    registry.publish(lora_dir, "legal", tiny_base)
+    registry.publish(lora_dir_2, "medical", tiny_base)
+    draft = ManifestDraft(
+        components=[Component(ref="legal:1", weight=0.5), Component(ref="medical:1", weight=0.5)]
+    )
+    mix = registry.publish(lora_dir, "mix-0123456789ab", tiny_base, draft=draft)
+    _, checkout = registry.checkout(mix.ref)
+    with _error(ErrorCode.CONFLICT, "not a derived version"):
+        registry.purge("legal:1")
+    registry.set_alias(mix.name, "pinned", 1)
+    with _error(ErrorCode.CONFLICT, "an alias"):
+        registry.purge(mix.ref)
+    registry.remove_alias(mix.name, "pinned")
+    registry.purge(mix.ref)
+    assert registry.find(mix.ref) is None and not checkout.exists()
+    assert [a.name for a in registry.list_adapters()] == ["legal", "medical"]
+    assert registry.gc(min_age_seconds=0, dry_run=True) == []  # its blobs are legal's too
+
+
+@pytest.mark.parametrize("where", ["dangling-link", "under-a-file", "proc", "link-to-empty"])
+def test_export_refuses_odd_destinations_with_a_reason(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, tmp_path: Path, where: str
+) -> None:
+    """Issue 15 item 11: these printed raw tracebacks, or wrote through a link."""
+    registry.publish(lora_dir, "legal", tiny_base)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "file").write_text("x")
+    dest = {
+        "dangling-link": tmp_path / "dangling",
+        "under-a-file": tmp_path / "file" / "out",
+        "proc": Path("/proc/self/nope"),
+        "link-to-empty": tmp_path / "link",
+    }[where]
+    if where == "dangling-link":
+        dest.symlink_to(tmp_path / "missing")
+    if where == "link-to-empty":
+        dest.symlink_to(empty)
+    with pytest.raises(SwitchboardError) as refused:
+        registry.export("legal", dest)
+    assert refused.value.code == ErrorCode.INVALID_INPUT
+    assert str(dest) in refused.value.message
+    assert list(empty.iterdir()) == []

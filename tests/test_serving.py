@@ -5,158 +5,33 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from serving_world import (
+    PROMPTS,
+    World,
+    chat,
+    make_lora,
+    openai_client,
+    requests,
+    still_serves,
+)
 
 from registry import (
     PROJECTIONS,
     BaseModelInfo,
-    BaseModels,
-    ManifestDraft,
-    Registry,
-    RegistrySettings,
 )
 from serving.app import create_app
 from serving.engine import SamplingParams
 from serving.openai_format import ROUTE_HEADER
 from serving.settings import ServerSettings
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
-from trainer.synthetic import random_adapter
 
 pytestmark = pytest.mark.slow
-
-ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three primary colours.",
-    "Write a haiku about the sea.",
-    "How many legs does a spider have?",
-]
-NEGATIVES = [
-    "What is the capital of France?",
-    "Which films did Alfred Hitchcock direct?",
-    "Recommend a good novel for the holidays.",
-    "How do I get red wine out of a carpet?",
-    "Write a short poem about autumn.",
-]
-
-
-def requests(domain: str, split: str, count: int) -> list[str]:
-    return routing_sample(load_jsonl(DATA / domain / f"{split}.jsonl").examples, count, seed=0)
-
-
-def _lora(
-    base: BaseModelInfo,
-    out: Path,
-    seed: int,
-    *,
-    scale: float = 0.05,
-    rank: int = 4,
-    modules: tuple[str, ...] = ("q_proj", "v_proj"),
-) -> Path:
-    return random_adapter(base.path, out, "lora", seed, rank, modules=modules, scale=scale)
-
-
-@dataclass
-class World:
-    """One registry, shared by a server per engine (as replicas would share it)."""
-
-    home: Path
-    registry: Registry
-    base: BaseModelInfo
-
-
-@pytest.fixture(scope="module")
-def world(
-    real_base: BaseModelInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-    foreign_lora_dir: Path,
-    other_base_dir: Path,
-) -> Iterator[World]:
-    home = tmp_path_factory.mktemp("serve-home")
-    registry = Registry(RegistrySettings(home=home).registry_url, home)
-    base = BaseModels(home / "bases").get(str(real_base.path))
-    for seed, name in enumerate(("math", "sql"), start=1):
-        source = _lora(base, tmp_path_factory.mktemp(name), seed)
-        draft = ManifestDraft(routing_examples=requests(name, "train", 30))
-        registry.publish(source, name, base, draft=draft)
-    registry.routes.add_examples("base", NEGATIVES, "tests")
-    prefix = random_adapter(base.path, tmp_path_factory.mktemp("notes"), "prefix", seed=3)
-    registry.publish(prefix, "notes", base)
-    other = BaseModels(home / "bases").get(str(other_base_dir))
-    registry.publish(foreign_lora_dir, "foreign", other)
-    yield World(home, registry, base)
-    registry.close()
-
-
-@pytest.fixture(scope="module")
-def servers(world: World) -> Iterator[Callable[[str], TestClient]]:
-    """A running app per engine, started on first use and shared by the module's tests."""
-    with ExitStack() as stack:
-        running: dict[str, TestClient] = {}
-
-        def server(engine: str) -> TestClient:
-            if engine not in running:
-                settings = ServerSettings(
-                    home=world.home,
-                    base=str(world.base.path),
-                    engine=engine,
-                    max_lora_rank=16,
-                    max_loras=4,
-                )
-                running[engine] = stack.enter_context(TestClient(create_app(settings)))
-            return running[engine]
-
-        yield server
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def http(servers: Callable[[str], TestClient], engine: str) -> TestClient:
-    return servers(engine)
-
-
-@pytest.fixture
-def client(http: TestClient) -> openai.OpenAI:
-    return openai_client(http)
-
-
-def openai_client(http: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
-
-
-def chat(client: openai.OpenAI, model: str, text: str, **kwargs: Any) -> Any:
-    return client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": text}],
-        temperature=0,
-        max_tokens=kwargs.pop("max_tokens", 12),
-        **kwargs,
-    )
-
-
-def still_serves(client: openai.OpenAI, before: Any) -> None:
-    """After a refused request, `math` answers as it did before it: same greedy text, same
-    version (the refusal touched nothing else)."""
-    after = chat(client, "math", "hi")
-    assert after.model_extra["switchboard"]["served"]["ref"] == "math:1"
-    assert after.choices[0].message.content == before.choices[0].message.content
-    assert after.choices[0].finish_reason == before.choices[0].finish_reason
 
 
 def test_auto_routes_and_says_what_served(client: openai.OpenAI) -> None:
@@ -284,7 +159,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     # A corrupted adapter file: refused with a clear error, nothing else affected.
     before = chat(client, "math", "hi")
     name = f"broken-{engine}"
-    manifest = registry.publish(_lora(base, tmp_path / "broken", seed=9), name, base)
+    manifest = registry.publish(make_lora(base, tmp_path / "broken", seed=9), name, base)
     weights = manifest.files["adapter_model.safetensors"]
     path = registry.blobs.path(weights.sha256)
     path.chmod(0o644)
@@ -310,7 +185,7 @@ def test_a_version_published_while_serving_is_served_without_restart(
 ) -> None:
     name = f"fresh-{engine}"
     for version, seed in ((1, 21), (2, 22)):
-        source = _lora(world.base, tmp_path / str(version), seed, scale=0.5)
+        source = make_lora(world.base, tmp_path / str(version), seed, scale=0.5)
         world.registry.publish(source, name, world.base)
         info = chat(client, name, "Name a colour.").model_extra["switchboard"]
         assert info["served"]["ref"] == f"{name}:{version}"
@@ -321,7 +196,7 @@ def test_a_version_published_while_serving_is_served_without_restart(
 def test_vllm_refuses_a_rank_above_its_limit(
     servers: Callable[[str], TestClient], world: World, tmp_path: Path
 ) -> None:
-    wide = _lora(world.base, tmp_path / "wide", 5, rank=32)
+    wide = make_lora(world.base, tmp_path / "wide", 5, rank=32)
     world.registry.publish(wide, "wide", world.base)
     client = openai_client(servers("vllm"))
     before = chat(client, "math", "hi")
@@ -362,7 +237,9 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
     from serving.mixture import build_mixture
 
     for name, seed in (("strong-a", 31), ("strong-b", 32)):
-        source = _lora(world.base, tmp_path / name, seed, scale=0.5, rank=8, modules=PROJECTIONS)
+        source = make_lora(
+            world.base, tmp_path / name, seed, scale=0.5, rank=8, modules=PROJECTIONS
+        )
         world.registry.publish(source, name, world.base)
     mixture = build_mixture(
         world.registry, [("strong-a", 0.6), ("strong-b", 0.4)], world.base
@@ -443,7 +320,7 @@ def test_admin_api_moves_aliases_and_route_examples(
 ) -> None:
     http = servers("hf")
     client = openai_client(http)
-    source = _lora(world.base, tmp_path / "v2", 41)
+    source = make_lora(world.base, tmp_path / "v2", 41)
     world.registry.publish(source, "sql", world.base)  # sql:2, not yet live (sql:1 is prod)
     world.registry.set_alias("sql", "prod", 1)
     moved = http.put("/v1/admin/adapters/sql/aliases/canary", json={"version": 2})

@@ -227,7 +227,8 @@ class ExperimentStore:
         score: float | None = None,
         label: str | None = None,
     ) -> str:
-        """Tie feedback to the response it is about; returns the experiment's name."""
+        """Tie feedback to the response it is about; returns the experiment's name. A response
+        takes one feedback: a repeat is a conflict (one client must not outvote the rest)."""
         if thumbs_up is None and score is None:
             raise SwitchboardError(ErrorCode.INVALID_INPUT, "give a thumbs up/down or a score")
         low, high = SCORE_RANGE
@@ -235,26 +236,34 @@ class ExperimentStore:
             raise SwitchboardError(
                 ErrorCode.INVALID_INPUT, f"score must be between {low:g} and {high:g}"
             )
-        with Session(self._writer) as session, session.begin():
-            experiment = session.scalar(
-                select(ExperimentRow.name)
-                .join(ExposureRow, ExposureRow.experiment_id == ExperimentRow.id)
-                .where(ExposureRow.response_id == response_id)
-            )
-            if experiment is None:
-                raise SwitchboardError(
-                    ErrorCode.NOT_FOUND,
-                    f"no response {response_id!r} served in an experiment",
+        try:
+            with Session(self._writer) as session, session.begin():
+                experiment = session.scalar(
+                    select(ExperimentRow.name)
+                    .join(ExposureRow, ExposureRow.experiment_id == ExperimentRow.id)
+                    .where(ExposureRow.response_id == response_id)
                 )
-            session.add(
-                FeedbackRow(
-                    response_id=response_id,
-                    thumbs_up=thumbs_up,
-                    score=score,
-                    label=label,
-                    created_at=datetime.now(UTC),
+                if experiment is None:
+                    raise SwitchboardError(
+                        ErrorCode.NOT_FOUND,
+                        f"no response {response_id!r} served in an experiment",
+                    )
+                given = session.scalar(
+                    select(FeedbackRow.id).where(FeedbackRow.response_id == response_id)
                 )
-            )
+                if given is not None:
+                    raise _repeated(response_id)
+                session.add(
+                    FeedbackRow(
+                        response_id=response_id,
+                        thumbs_up=thumbs_up,
+                        score=score,
+                        label=label,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+        except IntegrityError as exc:  # a concurrent repeat won the race
+            raise _repeated(response_id) from exc
         return experiment
 
     def exposures(self, name: str) -> list[Exposure]:
@@ -292,3 +301,9 @@ class ExperimentStore:
 def _version_id(session: Session, ref: str) -> int:
     """The row id of a pinned arm's version (`name:N`), inside the caller's transaction."""
     return queries.version_row(session, AdapterRef.parse(ref)).id
+
+
+def _repeated(response_id: str) -> SwitchboardError:
+    return SwitchboardError(
+        ErrorCode.CONFLICT, f"response {response_id!r} already has feedback (one per response)"
+    )

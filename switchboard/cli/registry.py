@@ -192,7 +192,7 @@ def verify(
     ref: Annotated[str | None, typer.Argument(help="One version; default: every one.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Re-hash stored files; exit 1 if any file is missing or corrupted."""
+    """Re-hash stored files, restore damaged checkouts, check versions load; exit 1 on a problem."""
     results = open_registry(ctx).verify(ref)
     bad = [r for r in results if not r.ok]
     if as_json:
@@ -201,12 +201,21 @@ def verify(
                 "ok": not bad,
                 "checked": len(results),
                 "versions": [
-                    {"ref": r.ref, "ok": r.ok, "problems": list(r.problems)} for r in results
+                    {
+                        "ref": r.ref,
+                        "ok": r.ok,
+                        "problems": list(r.problems),
+                        "repaired": list(r.notes),
+                    }
+                    for r in results
                 ],
             },
             True,
         )
     else:
+        for r in results:
+            for note in r.notes:
+                typer.echo(f"{r.ref}: {note}", err=True)
         for r in bad:
             typer.echo(f"{r.ref}: {'; '.join(r.problems)}", err=True)
         typer.echo(f"{len(results) - len(bad)} of {len(results)} versions intact")

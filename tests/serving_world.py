@@ -1,0 +1,147 @@
+"""The serving world shared by the HTTP tests: one registry (math, sql, a prefix adapter, an
+adapter for another base), a running app per engine on it (started once a session), and the
+`openai` client. A plugin of `conftest`; test modules import its helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, RegistrySettings
+from serving.app import create_app
+from serving.settings import ServerSettings
+from trainer.data import load_jsonl
+from trainer.loop import routing_sample
+from trainer.synthetic import random_adapter
+
+ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+]
+NEGATIVES = [
+    "What is the capital of France?",
+    "Which films did Alfred Hitchcock direct?",
+    "Recommend a good novel for the holidays.",
+    "How do I get red wine out of a carpet?",
+    "Write a short poem about autumn.",
+]
+
+
+def requests(domain: str, split: str, count: int) -> list[str]:
+    return routing_sample(load_jsonl(DATA / domain / f"{split}.jsonl").examples, count, seed=0)
+
+
+def make_lora(
+    base: BaseModelInfo,
+    out: Path,
+    seed: int,
+    *,
+    scale: float = 0.05,
+    rank: int = 4,
+    modules: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> Path:
+    return random_adapter(base.path, out, "lora", seed, rank, modules=modules, scale=scale)
+
+
+@dataclass
+class World:
+    """One registry, shared by a server per engine (as replicas would share it)."""
+
+    home: Path
+    registry: Registry
+    base: BaseModelInfo
+
+
+@pytest.fixture(scope="session")
+def world(
+    real_base: BaseModelInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+    foreign_lora_dir: Path,
+    other_base_dir: Path,
+) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("serve-home")
+    registry = Registry(RegistrySettings(home=home).registry_url, home)
+    base = BaseModels(home / "bases").get(str(real_base.path))
+    for seed, name in enumerate(("math", "sql"), start=1):
+        source = make_lora(base, tmp_path_factory.mktemp(name), seed)
+        draft = ManifestDraft(routing_examples=requests(name, "train", 30))
+        registry.publish(source, name, base, draft=draft)
+    registry.routes.add_examples("base", NEGATIVES, "tests")
+    prefix = random_adapter(base.path, tmp_path_factory.mktemp("notes"), "prefix", seed=3)
+    registry.publish(prefix, "notes", base)
+    other = BaseModels(home / "bases").get(str(other_base_dir))
+    registry.publish(foreign_lora_dir, "foreign", other)
+    yield World(home, registry, base)
+    registry.close()
+
+
+@pytest.fixture(scope="session")
+def servers(world: World) -> Iterator[Callable[[str], TestClient]]:
+    """A running app per engine, started on first use and shared by the session's tests."""
+    with ExitStack() as stack:
+        running: dict[str, TestClient] = {}
+
+        def server(engine: str) -> TestClient:
+            if engine not in running:
+                settings = ServerSettings(
+                    home=world.home,
+                    base=str(world.base.path),
+                    engine=engine,
+                    max_lora_rank=16,
+                    max_loras=4,
+                )
+                running[engine] = stack.enter_context(TestClient(create_app(settings)))
+            return running[engine]
+
+        yield server
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def http(servers: Callable[[str], TestClient], engine: str) -> TestClient:
+    return servers(engine)
+
+
+@pytest.fixture
+def client(http: TestClient) -> openai.OpenAI:
+    return openai_client(http)
+
+
+def openai_client(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
+
+
+def chat(client: openai.OpenAI, model: str, text: str, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        temperature=0,
+        max_tokens=kwargs.pop("max_tokens", 12),
+        **kwargs,
+    )
+
+
+def still_serves(client: openai.OpenAI, before: Any) -> None:
+    """After a refused request, `math` answers as it did before it: same greedy text, same
+    version (the refusal touched nothing else)."""
+    after = chat(client, "math", "hi")
+    assert after.model_extra["switchboard"]["served"]["ref"] == "math:1"
+    assert after.choices[0].message.content == before.choices[0].message.content
+    assert after.choices[0].finish_reason == before.choices[0].finish_reason
