@@ -2,14 +2,15 @@
 
 One base model in memory. LoRA adapters are loaded under their served names (least recently
 used ones dropped past `max_adapters`), verified on every (re)load, into the batched LoRA
-layers of `batched_lora`: a batch of requests for different LoRA adapters and the base runs
-through one decoding loop (`hf_decode`), its rows grouped by adapter, each with its own
-sampling settings and its own end. A prefix adapter has its own thin PEFT wrapper over the
-same base weights; its rows run as their own batch, with no LoRA segments planned.
+layers of `batched_lora`. Requests for different LoRA adapters, prefix adapters and the base
+decode in one continuous batch (`hf_decode`): a request joins it at the next step, its rows
+grouped by LoRA adapter, each with its own sampling settings and its own end. A prefix
+adapter has its own thin PEFT wrapper over the same base weights, used for its virtual
+tokens' cache; its rows then decode like any other.
 
 A request that fails (its adapter does not load, its prompt does not fit) gets its error in
-its place; a batch that fails as a whole runs again row by row. `generate` is not
-re-entrant: one caller (the server's batching worker) drives it.
+its place; a prefill or step that fails as a whole runs its rows again one by one. `serve`
+is not re-entrant: one caller (the server's batcher) drives it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from serving.engine import (
     GenerationRequest,
     TokenCallback,
     check_context,
-    cut_at_stop,
 )
-from serving.hf_decode import Rows, RowSampler, decode
+from serving.feed import Feed, ListFeed
+from serving.hf_decode import DecodeBatch, Row, prefill_groups
 from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
-RowCallback = Callable[[int, int], None]  # (row of the batch, new token id)
 V = TypeVar("V")
 
 
@@ -59,11 +59,6 @@ class _LRU(Generic[V]):
                 log.info("unloaded %s %s (least recently used)", self.what, evicted)
         self.items.move_to_end(name)
         return item
-
-
-def _lora_name(request: GenerationRequest) -> str:
-    adapter = request.adapter
-    return adapter.served_name if adapter is not None and adapter.method == "lora" else ""
 
 
 class HFEngine:
@@ -94,7 +89,8 @@ class HFEngine:
         self._loras: _LRU[LoRAWeights] = _LRU(max_adapters, "LoRA")
         self._prefixes: _LRU[Any] = _LRU(max_adapters, "prefix adapter")  # -> PeftModel
         self._lock = threading.Lock()
-        self._batcher = Batcher(self.generate, max_batch=max_batch)
+        self.max_batch = max_batch
+        self._batcher = Batcher(self.serve)
 
     def refuses(self, method: str, rank: int | None) -> str | None:
         return None if method in ("lora", "prefix") else f"unknown adapter method {method!r}"
@@ -133,10 +129,10 @@ class HFEngine:
     def generate(
         self,
         requests: list[GenerationRequest],
-        on_token: RowCallback | None = None,
+        on_token: Callable[[int, int], None] | None = None,
         cancelled: Callable[[int], bool] | None = None,
     ) -> list[Generation | Exception]:
-        """Generate for a batch; rows with different adapters share one pass where they can.
+        """Generate for a list of requests, as the server would if they came at once.
 
         `on_token(i, token_id)` is called for each new token of request `i` as it is made
         (up to its own max_tokens, never past its end of sequence): streaming hooks in here.
@@ -144,123 +140,120 @@ class HFEngine:
         A request that fails (its adapter cannot be loaded, its prompt does not fit) gets its
         error in its place; the others are answered.
         """
-        results: list[Generation | Exception | None] = [None] * len(requests)
-        is_cancelled = cancelled or (lambda _: False)
+        feed = ListFeed(requests, on_token, cancelled)
+        self.serve(feed)
+        assert all(r is not None for r in feed.results)
+        return feed.results  # type: ignore[return-value]
+
+    def serve(self, feed: Feed) -> None:
+        """Decode until `feed` has nothing waiting and no row runs: between two steps, take
+        what waits (as the batch has room) into the running batch; answer each request as
+        its row ends."""
         with self._lock:
-            groups: dict[str, list[int]] = {}  # by prefix adapter ("" for LoRA and base rows)
-            loras: dict[str, LoRAWeights] = {}
-            for i, request in enumerate(requests):
+            batch = self._batch(feed)
+            while True:
+                taken = feed.take(self.max_batch - len(batch))
+                for rows in self._prepare(taken, feed).values():
+                    for group in prefill_groups(rows):
+                        self._admit(batch, group, feed)
+                if not batch.rows:
+                    if not taken:
+                        return
+                    continue
                 try:
-                    groups.setdefault(self._prepare(request, loras), []).append(i)
-                except Exception as exc:  # this request's alone
-                    results[i] = exc
-            for members in groups.values():
-                # Rows for the same LoRA adapter side by side: one segment each per layer.
-                rows = sorted(members, key=lambda i: _lora_name(requests[i]))
-                self._run_isolated(rows, requests, loras, results, on_token, is_cancelled)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+                    ended = batch.step()
+                except Exception as exc:
+                    log.warning("a step of %d rows failed: %s", len(batch), exc)
+                    self._rerun_alone(batch.rows, feed, exc)
+                    batch = self._batch(feed)
+                    continue
+                for row in ended:
+                    feed.finish(row.key, row.generation(self.tokens.decode))
 
-    def _prepare(self, request: GenerationRequest, loras: dict[str, LoRAWeights]) -> str:
-        """Load the request's adapter (verified) and check its prompt; its group key."""
-        length = len(self.tokens.encode(request.prompt))
-        check_context(length, request.params.max_tokens, self.max_model_len)
-        adapter = request.adapter
-        if adapter is None:
-            return ""
-        if adapter.method == "prefix":
-            self._load_prefix(adapter)
-            return adapter.served_name
-        loras[adapter.served_name] = self._load_lora(adapter)
-        return ""
+    def _batch(self, feed: Feed) -> DecodeBatch:
+        return DecodeBatch(
+            self.model,
+            eos=self.tokenizer.eos_token_id,
+            pad=self.tokenizer.pad_token_id,
+            text_of=self.tokens.decode,
+            plan=self._plan,
+            on_token=feed.token,
+            left=feed.left,
+        )
 
-    def _run_isolated(
-        self,
-        rows: list[int],
-        requests: list[GenerationRequest],
-        loras: dict[str, LoRAWeights],
-        results: list[Generation | Exception | None],
-        on_token: RowCallback | None,
-        cancelled: Callable[[int], bool],
-    ) -> None:
-        """Run rows together; if that fails, run each again alone, so that the error reaches
-        only the request that causes it (a row already streamed to shares the error)."""
-        progress = Rows([[] for _ in rows], [None] * len(rows))
+    def _prepare(
+        self, taken: list[tuple[int, GenerationRequest]], feed: Feed
+    ) -> dict[str, list[Row]]:
+        """Rows for the requests taken, by prefix adapter ("" for LoRA and base rows): each
+        adapter loaded (verified) and each prompt checked. A request that fails here is
+        answered with its error at once."""
+        groups: dict[str, list[Row]] = {}
+        for key, request in taken:
+            try:
+                ids = self.tokens.encode(request.prompt)
+                check_context(len(ids), request.params.max_tokens, self.max_model_len)
+                adapter = request.adapter
+                row = Row(key, request, ids)
+                if adapter is not None and adapter.method == "prefix":
+                    self._load_prefix(adapter)
+                    groups.setdefault(adapter.served_name, []).append(row)
+                    continue
+                if adapter is not None:
+                    row.lora_name, row.lora = adapter.served_name, self._load_lora(adapter)
+                groups.setdefault("", []).append(row)
+            except Exception as exc:  # this request's alone
+                feed.finish(key, exc)
+        return groups
+
+    def _admit(self, batch: DecodeBatch, rows: list[Row], feed: Feed) -> None:
+        """Rows (of one prefix adapter, or none) into the batch; if their prefill fails, each
+        again alone, so that the error reaches only the request that causes it (a row already
+        streamed to shares it)."""
+        adapter = rows[0].request.adapter
         try:
-            for i, generation in zip(
-                rows, self._run(rows, requests, loras, on_token, cancelled, progress), strict=True
-            ):
-                results[i] = generation
-            return
+            cache = None
+            if adapter is not None and adapter.method == "prefix":
+                cache = self._load_prefix(adapter).get_prompt(batch_size=len(rows))
+            ended = batch.admit(rows, cache)
         except Exception as exc:
             if len(rows) == 1:
                 log.warning("request failed in the engine: %s", exc)
-                results[rows[0]] = exc
-                return
-            log.warning("batch of %d failed (%s); running its rows one by one", len(rows), exc)
-            for slot, i in enumerate(rows):
-                if slot in progress.streamed:
-                    results[i] = exc
-                else:
-                    self._run_isolated([i], requests, loras, results, on_token, cancelled)
+                feed.finish(rows[0].key, exc)
+            else:
+                log.warning("prefill of %d rows failed (%s); one by one", len(rows), exc)
+                for row in rows:
+                    if row.streamed:
+                        feed.finish(row.key, exc)
+                    else:
+                        self._admit(batch, [row.again()], feed)
+            return
+        for row in ended:
+            feed.finish(row.key, row.generation(self.tokens.decode))
 
-    def _run(
-        self,
-        rows: list[int],
-        requests: list[GenerationRequest],
-        loras: dict[str, LoRAWeights],
-        on_token: RowCallback | None,
-        cancelled: Callable[[int], bool],
-        progress: Rows,
-    ) -> list[Generation]:
-        """One batch through the decoding loop: the rows share a prefix adapter (or none)."""
-        batch = [requests[i] for i in rows]
-        first = batch[0].adapter
-        prefix = None
-        if first is not None and first.method == "prefix":
-            prefix = self._load_prefix(first).get_prompt(batch_size=len(batch))
-        names = [_lora_name(r) for r in batch]
+    def _rerun_alone(self, rows: list[Row], feed: Feed, error: Exception) -> None:
+        """After a step failed: rows already streamed to share its error; each other row runs
+        again from its start, alone, to its end."""
+        for row in rows:
+            if row.streamed:
+                feed.finish(row.key, error)
+                continue
+            solo = self._batch(feed)
+            self._admit(solo, [row.again()], feed)
+            try:
+                while solo.rows:
+                    for ended in solo.step():
+                        feed.finish(ended.key, ended.generation(self.tokens.decode))
+            except Exception as exc:
+                log.warning("request failed in the engine: %s", exc)
+                feed.finish(row.key, exc)
 
-        def replan(live: list[int]) -> None:  # LoRA segments over the rows still running
-            segments = []
-            start = 0
-            for name, group in groupby(names[row] for row in live):
-                size = len(list(group))
-                if name:
-                    segments.append((start, start + size, loras[name]))
-                start += size
-            self._lora_set.plan(segments)
-
-        encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True)
-        params = [r.params for r in batch]
-        sampler = RowSampler(params)
-        try:
-            decode(
-                self.model,
-                encoded["input_ids"],
-                encoded["attention_mask"],
-                params,
-                eos=self.tokenizer.eos_token_id,
-                text_of=self.tokens.decode,
-                sampler=sampler,
-                on_token=None if on_token is None else lambda slot, t: on_token(rows[slot], t),
-                cancelled=lambda slot: cancelled(rows[slot]),
-                replan=replan,
-                prefix=prefix,
-                rows=progress,
-            )
-        finally:
-            self._lora_set.clear()
-        generations = []
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        for slot, (request, length) in enumerate(zip(batch, prompt_lengths, strict=True)):
-            made = progress.made[slot]
-            text, stopped = cut_at_stop(self.tokens.decode(made), request.params.stop)
-            finish: Any = "stop" if stopped or progress.ended[slot] == "stop" else "length"
-            logprobs = (
-                tuple(sampler.logprobs[slot][: len(made)])
-                if request.params.logprobs is not None
-                else None
-            )
-            generations.append(Generation(text, tuple(made), int(length), finish, logprobs))
-        return generations
+    def _plan(self, rows: list[Row]) -> None:
+        """LoRA segments over the rows of the next forward pass (ordered by adapter)."""
+        segments = []
+        start = 0
+        for _, group in groupby(rows, key=lambda r: r.lora_name):
+            members = list(group)
+            if members[0].lora is not None:
+                segments.append((start, start + len(members), members[0].lora))
+            start += len(members)
+        self._lora_set.plan(segments)

@@ -18,6 +18,7 @@ from registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
 from registry.blobs import BlobStore, open_blob_store
 from registry.blobs.local import LocalBlobStore
 from switchboard.bases import pull
+from tests.processes import free_port
 from trainer.synthetic import random_adapter
 
 pytest_plugins = ["serving_world"]  # the HTTP tests' shared servers
@@ -169,12 +170,6 @@ def database_url(request: pytest.FixtureRequest, home: Path) -> Iterator[str]:
         yield from _postgres_schema_url()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server process on 127.0.0.1 (moto's standalone server)."""
@@ -186,7 +181,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if REQUIRE_S3:
             raise RuntimeError(f"no {server}: install the dev extra")
         pytest.skip("no S3-compatible server (moto_server from the dev extra)")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log

@@ -71,6 +71,18 @@ def world(
     foreign_lora_dir: Path,
     other_base_dir: Path,
 ) -> Iterator[World]:
+    made = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
+    yield made
+    made.registry.close()
+
+
+def make_world(
+    real_base: BaseModelInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+    foreign_lora_dir: Path,
+    other_base_dir: Path,
+) -> World:
+    """A new registry of the world's adapters (for tests that must not change the shared one)."""
     home = tmp_path_factory.mktemp("serve-home")
     registry = Registry(RegistrySettings(home=home).registry_url, home)
     base = BaseModels(home / "bases").get(str(real_base.path))
@@ -83,8 +95,7 @@ def world(
     registry.publish(prefix, "notes", base)
     other = BaseModels(home / "bases").get(str(other_base_dir))
     registry.publish(foreign_lora_dir, "foreign", other)
-    yield World(home, registry, base)
-    registry.close()
+    return World(home, registry, base)
 
 
 @pytest.fixture(scope="session")

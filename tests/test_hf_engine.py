@@ -14,6 +14,7 @@ import pytest
 
 from registry import BaseModelInfo, SwitchboardError
 from serving.engine import AdapterSpec, Generation, GenerationRequest, SamplingParams
+from serving.feed import ListFeed
 from serving.hf_engine import HFEngine
 from trainer.synthetic import random_adapter
 
@@ -104,6 +105,36 @@ def test_mixed_batches_match_peft_one_request_at_a_time(
     # The adapters do change the answer: the comparison above can fail.
     assert mixed[0].token_ids != mixed[1].token_ids
     assert "Paris" in one(engine, GenerationRequest(prompts[0], None, params)).text
+
+
+class OneAtATime(ListFeed):
+    """Hands the engine one request per step: each joins a batch already running, with a
+    cache of another length, other adapters and other prefixes."""
+
+    def take(self, limit: int) -> list[tuple[int, GenerationRequest]]:
+        return super().take(min(limit, 1))
+
+
+def test_requests_joining_a_running_batch_match_peft_one_request_at_a_time(
+    engine: HFEngine, adapters: dict[str, AdapterSpec], real_base: BaseModelInfo
+) -> None:
+    prompts = [engine.tokens.render_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    rows = [
+        GenerationRequest(prompts[2], adapters["a"], SamplingParams(max_tokens=10)),
+        GenerationRequest(prompts[0], None, SamplingParams(max_tokens=3)),  # ends early
+        GenerationRequest(prompts[1], adapters["p"], SamplingParams(max_tokens=8)),
+        GenerationRequest(prompts[0], adapters["b"], SamplingParams(max_tokens=8)),
+        GenerationRequest(prompts[2], adapters["a"], SamplingParams(max_tokens=6)),
+        GenerationRequest(prompts[1], None, SamplingParams(max_tokens=6)),
+    ]
+    steps: list[int] = []
+    feed = OneAtATime(rows, on_token=lambda i, _: steps.append(i))
+    engine.serve(feed)
+    for row, generation in zip(rows, answered(feed.results), strict=True):  # type: ignore[arg-type]
+        expected = reference(real_base.path, row.adapter, row.prompt, row.params.max_tokens)
+        assert list(generation.token_ids) == expected, (row.adapter, row.prompt)
+    # They did run together: the first request was still decoding when the last one joined.
+    assert steps.index(len(rows) - 1) < len(steps) - 1 - steps[::-1].index(0)
 
 
 def test_limits_stops_and_eviction(

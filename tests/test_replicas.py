@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _free_port, _postgres_schema_url, make_bucket, s3_options
+from conftest import _postgres_schema_url, make_bucket, s3_options
 
 from registry import BaseModelInfo
+from tests.processes import ServerProcess, free_port
 from trainer.synthetic import random_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
@@ -49,44 +50,16 @@ def _cli(env: dict[str, str], home: Path, *args: str) -> dict[str, object]:
     return answer
 
 
-class Replica:
+class Replica(ServerProcess):
+    """`switchboard serve` (transformers engine) with a home of its own."""
+
     def __init__(self, env: dict[str, str], home: Path, base: BaseModelInfo) -> None:
         self.home = home
-        self.port = _free_port()
-        self.log_path = home.parent / f"{home.name}.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [
-                SWITCHBOARD,
-                "--home",
-                str(home),
-                "serve",
-                "--engine",
-                "hf",
-                "--base",
-                str(base.path),
-                "--port",
-                str(self.port),
-            ],
-            env={**env, "HOME": str(home)},
-            stdout=self.log,
-            stderr=self.log,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (
-                self.home.parent / f"{self.home.name}.log"
-            ).read_text()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("the replica never became ready")
+        port = free_port()
+        command = [SWITCHBOARD, "--home", str(home), "serve", "--engine", "hf"]
+        command += ["--base", str(base.path), "--port", str(port)]
+        log = home.parent / f"{home.name}.log"
+        super().__init__(command, {**env, "HOME": str(home)}, log, port)
 
     def ask(self, model: str, user: str | None = None) -> httpx.Response:
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -94,11 +67,6 @@ class Replica:
         return httpx.post(
             f"{self.url}/v1/chat/completions", json=body, headers=headers, timeout=300
         )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 def test_two_replicas_share_one_registry(
@@ -125,7 +93,7 @@ def test_two_replicas_share_one_registry(
     replicas = [Replica(shared, tmp_path / f"replica{i}", real_base) for i in (1, 2)]
     try:
         for replica in replicas:
-            replica.wait_ready()
+            replica.wait_ready("/readyz", 300)
         for replica in replicas:  # published elsewhere, served here: files from the bucket
             answer = replica.ask("legal")
             assert answer.status_code == 200, answer.text

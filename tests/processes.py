@@ -1,0 +1,51 @@
+"""Real server processes for the tests: a free port, a process started with its own
+environment and log, waited for until its readiness URL answers, stopped at the end."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    """`command` (which must listen on `port`) in a process of its own; its output goes to
+    `log_path`, quoted by any failure to start."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, path: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the server exited:\n{self.log()[-4000:]}"
+            try:
+                if httpx.get(f"{self.url}{path}", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the server never became ready:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
