@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     INTEGRITY = "integrity_failure"
     CONFLICT = "conflict"
     CAPACITY = "capacity"
+    UNAVAILABLE = "unavailable"  # nothing can serve it now (a gateway's upstreams are down)
     INVALID_INPUT = "invalid_input"
     INTERRUPTED = "interrupted"
     UNAUTHORIZED = "unauthorized"

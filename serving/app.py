@@ -34,6 +34,7 @@ from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRe
 from serving.service import Served, Service
 from serving.settings import ServerSettings
 from serving.streaming import stream
+from serving.upstream import UpstreamEngine
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = service if service is not None else await asyncio.to_thread(build_service, settings)
         await built.engine.start()
+        if isinstance(built.engine, UpstreamEngine):
+            app.state.metrics.watch(built.engine.pool)
         app.state.service = built
         app.state.ready = True
         try:
@@ -75,7 +78,7 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        ready = bool(request.app.state.ready)
+        ready = bool(request.app.state.ready) and request.app.state.service.engine.ready
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics")

@@ -3,6 +3,7 @@ and a router over the adapters that engine can serve for the served base."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -42,10 +43,13 @@ def build_service(settings: ServerSettings) -> Service:
 
 
 def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
-    """`auto` takes vLLM where it is installed and supports the base, else transformers."""
+    """Upstreams make a gateway; else `auto` takes vLLM where it is installed and supports
+    the base, else transformers."""
     from serving.hf_engine import HFEngine
     from serving.vllm_engine import VLLMEngine, VLLMOptions, vllm_supports
 
+    if settings.upstreams:
+        return _gateway(settings, base_dir)
     choice = settings.engine
     if choice in ("auto", "vllm"):
         reason = vllm_supports(base_dir)
@@ -71,4 +75,24 @@ def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
         max_adapters=settings.max_loras,
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
+    )
+
+
+def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
+    from serving.tokens import Tokens
+    from serving.upstream import UpstreamEngine, UpstreamPool
+
+    config = json.loads((base_dir / "config.json").read_text())
+    context = int(config.get("max_position_embeddings", 2048))
+    pool = UpstreamPool(
+        settings.upstreams,
+        max_in_flight=settings.upstream_max_in_flight,
+        policy=settings.upstream_policy,
+    )
+    log.info("gateway to %s (%s)", ", ".join(settings.upstreams), settings.upstream_policy)
+    return UpstreamEngine(
+        Tokens(base_dir),
+        pool,
+        max_model_len=min(settings.max_model_len or context, context),
+        health_s=settings.upstream_health_s,
     )

@@ -98,11 +98,17 @@ TokenCallback = Callable[[int], None]
 
 
 class Engine(Protocol):
-    """One interface over vLLM and transformers+PEFT, as the service drives it."""
+    """One interface over vLLM, transformers+PEFT and a gateway's upstreams, as the service
+    drives it."""
 
     name: str
     max_model_len: int
     tokens: Tokens
+
+    @property
+    def ready(self) -> bool:
+        """Whether it can take requests once started (a gateway: while an upstream is up)."""
+        ...
 
     def refuses(self, method: str, rank: int | None) -> str | None:
         """Why this engine cannot serve an adapter of this method and rank (None: it can)."""

@@ -26,6 +26,7 @@ STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.SCHEMA: 503,
+    ErrorCode.UNAVAILABLE: 503,
 }
 _TYPES = {
     400: "invalid_request_error",

@@ -63,6 +63,7 @@ class _LRU(Generic[V]):
 
 class HFEngine:
     name = "hf"
+    ready = True  # once started
 
     def __init__(
         self,

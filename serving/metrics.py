@@ -12,10 +12,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from serving.engine import Generation
     from serving.service import Served
+    from serving.upstream import UpstreamPool
 
 _LABELS = ("adapter", "decision")
 
@@ -47,5 +55,35 @@ class Metrics:
         self.prompt_tokens.labels(*labels).inc(generation.prompt_tokens)
         self.completion_tokens.labels(*labels).inc(len(generation.token_ids))
 
+    def watch(self, pool: UpstreamPool) -> None:
+        """A gateway's upstreams, read at each scrape."""
+        self.registry.register(_UpstreamCollector(pool))
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _UpstreamCollector(Collector):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> list[Metric]:
+        label = ["upstream"]
+        healthy = GaugeMetricFamily(
+            "switchboard_upstream_healthy", "1 while the upstream is in the rotation", labels=label
+        )
+        in_flight = GaugeMetricFamily(
+            "switchboard_upstream_in_flight", "Requests running on the upstream", labels=label
+        )
+        errors = CounterMetricFamily(
+            "switchboard_upstream_errors", "Requests the upstream failed", labels=label
+        )
+        latency = SummaryMetricFamily(
+            "switchboard_upstream_seconds", "Time of requests sent to the upstream", labels=label
+        )
+        for u in self.pool.upstreams:
+            healthy.add_metric([u.url], float(u.healthy))
+            in_flight.add_metric([u.url], u.in_flight)
+            errors.add_metric([u.url], u.errors)
+            latency.add_metric([u.url], u.requests, u.seconds)
+        return [healthy, in_flight, errors, latency]

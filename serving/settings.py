@@ -42,6 +42,26 @@ class EngineSettings(BaseModel):
     gpu_memory_utilization: float = Field(
         default=0.5, gt=0.0, le=1.0, description="vLLM: share of accelerator memory it takes"
     )
+    upstreams: list[str] = Field(
+        default_factory=list,
+        description="a gateway: OpenAI-compatible servers generation goes to (`vllm serve` "
+        "with Switchboard's resolver, or `switchboard serve`), as a JSON list of base URLs, "
+        "instead of an engine in this process",
+    )
+    upstream_max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="gateway: requests on an upstream before an adapter's "
+        "requests spill to its next upstream",
+    )
+    upstream_policy: Literal["affinity", "round-robin"] = Field(
+        default="affinity",
+        description="gateway: affinity keeps each adapter on as few upstreams as its load "
+        "needs (rendezvous hashing); round-robin spreads every request",
+    )
+    upstream_health_s: float = Field(
+        default=5.0, gt=0, description="gateway: seconds between upstream health checks"
+    )
 
     @field_validator("max_lora_rank")
     @classmethod

@@ -54,6 +54,7 @@ def vllm_supports(base_dir: Path) -> str | None:
 
 class VLLMEngine:
     name = "vllm"
+    ready = True  # once started
 
     def __init__(self, base_dir: Path, options: VLLMOptions | None = None) -> None:
         self.base_dir = base_dir

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from bench.processes import free_port
 from registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
 from registry.blobs import BlobStore, open_blob_store
 from registry.blobs.local import LocalBlobStore
 from switchboard.bases import pull
-from tests.processes import free_port
 from trainer.synthetic import random_adapter
 
 pytest_plugins = ["serving_world"]  # the HTTP tests' shared servers

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from conftest import _postgres_schema_url, make_bucket, s3_options
 
+from bench.processes import ServerProcess, free_port
 from registry import BaseModelInfo
-from tests.processes import ServerProcess, free_port
 from trainer.synthetic import random_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]

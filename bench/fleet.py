@@ -1,0 +1,159 @@
+# ruff: noqa: E501  (command lines and report lines read best unwrapped)
+"""Fleet benchmark: a Switchboard gateway in front of vLLM servers (issue 16).
+
+    python -m bench.fleet [--adapters 16] [--overhead-requests 40] [--seconds 60]
+                          [--clients 8] [--json]
+
+All real processes on 127.0.0.1: vLLM's OpenAI server with Switchboard's resolver plugin
+(two of them), and `switchboard serve --upstream … --upstream …`, over one registry of
+`--adapters` LoRA adapters.
+- overhead: the same one-token request straight to an upstream (model = the served name) and
+  through the gateway (model = the adapter's name), alternated; p50/p99 of each and the
+  difference (target: p50 ≤ 3 ms added beyond routing);
+- policies: for affinity, then round-robin, a fresh pair of upstreams and a gateway; --clients
+  clients send requests for adapters drawn at random for --seconds: adapter loads per
+  upstream (each a checkout and a load into vLLM) and tokens/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from bench._common import HomeOption, default_base
+from bench.processes import ServerProcess, free_port, vllm_server
+from bench.serve import make_lora, requests_of
+from registry import BaseModelInfo, Registry, RegistrySettings
+from registry.experiments.stats import percentile
+
+SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+LOADED = "Resolved and loaded LoRA adapter"
+
+
+def _fleet(home: Path, base: BaseModelInfo, logs: Path, policy: str, stack: ExitStack) -> tuple[str, list[ServerProcess]]:  # fmt: skip
+    """Two upstreams and a gateway; their URLs once all are ready."""
+    upstreams = [vllm_server(home, base.path, logs / f"{policy}-vllm{i}.log") for i in (1, 2)]
+    port = free_port()
+    command = [SWITCHBOARD, "--home", str(home), "serve", "--base", str(base.path), "--port", str(port)]  # fmt: skip
+    for upstream in upstreams:
+        command += ["--upstream", upstream.url]
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "HF_HUB_OFFLINE": "1", "SWITCHBOARD_UPSTREAM_POLICY": json.dumps(policy)}  # fmt: skip
+    gateway = ServerProcess(command, env, logs / f"{policy}-gateway.log", port)
+    for process in (gateway, *upstreams):
+        stack.callback(process.stop)
+    for upstream in upstreams:
+        upstream.wait_ready("/health")
+    gateway.wait_ready("/readyz", 300)
+    return gateway.url, upstreams
+
+
+def _chat(model: str, text: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+
+
+def overhead(gateway: str, upstream: str, name: str, served: str, requests: int) -> dict[str, Any]:  # fmt: skip
+    """One-token answers straight to the upstream and through the gateway, alternated."""
+    times: dict[str, list[float]] = {"direct": [], "gateway": []}
+    with httpx.Client(timeout=300) as client:
+        for i in range(requests + 2):  # the first two of each warm up
+            for way, url, model in (("direct", upstream, served), ("gateway", gateway, name)):
+                start = time.perf_counter()
+                answer = client.post(f"{url}/v1/chat/completions", json=_chat(model, "Say hi.", 1))
+                answer.raise_for_status()
+                if i >= 2:
+                    times[way].append(time.perf_counter() - start)
+    result: dict[str, Any] = {}
+    for way, values in times.items():
+        result[f"{way}_p50_ms"] = 1000 * (percentile(values, 0.5) or 0.0)
+        result[f"{way}_p99_ms"] = 1000 * (percentile(values, 0.99) or 0.0)
+    result["added_p50_ms"] = result["gateway_p50_ms"] - result["direct_p50_ms"]
+    result["added_p99_ms"] = result["gateway_p99_ms"] - result["direct_p99_ms"]
+    return result
+
+
+async def _load(gateway: str, names: list[str], texts: list[str], clients: int, seconds: float) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"requests": 0, "tokens": 0, "errors": 0}
+
+    async def client(index: int) -> None:
+        rng = random.Random(index)
+        async with httpx.AsyncClient(timeout=600) as http:
+            while time.perf_counter() < until:
+                body = _chat(rng.choice(names), rng.choice(texts), 16)
+                answer = await http.post(f"{gateway}/v1/chat/completions", json=body)
+                if answer.status_code != 200:
+                    out["errors"] += 1
+                    continue
+                out["requests"] += 1
+                out["tokens"] += answer.json()["usage"]["completion_tokens"]
+
+    until = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    out["tokens_per_s"] = out["tokens"] / (time.perf_counter() - started)
+    return out
+
+
+def main(
+    adapters: Annotated[int, typer.Option(help="LoRA adapters in the registry")] = 16,
+    overhead_requests: Annotated[int, typer.Option(help="requests each way")] = 40,
+    seconds: Annotated[float, typer.Option(help="load per policy")] = 60.0,
+    clients: Annotated[int, typer.Option(help="concurrent clients of the load")] = 8,
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    base = default_base(home)
+    texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
+    results: dict[str, Any] = {"adapters": adapters, "clients": clients, "seconds": seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        registry_home = root / "home"
+        registry = Registry(RegistrySettings(home=registry_home).registry_url, registry_home)
+        names = [f"domain{i:02d}" for i in range(adapters)]
+        for seed, name in enumerate(names, start=1):
+            registry.publish(make_lora(base, root / name, seed), name, base)
+            shutil.rmtree(root / name)
+        first = registry.resolve(names[0]).served_name
+        registry.close()
+        logs = root / "logs"
+        logs.mkdir()
+        for policy in ("affinity", "round-robin"):
+            with ExitStack() as stack:
+                gateway, upstreams = _fleet(registry_home, base, logs, policy, stack)
+                if policy == "affinity":
+                    results["overhead"] = overhead(gateway, upstreams[0].url, names[0], first, overhead_requests)  # fmt: skip
+                    before = [u.log().count(LOADED) for u in upstreams]
+                else:
+                    before = [0, 0]
+                load = asyncio.run(_load(gateway, names, texts, clients, seconds))
+                load["loads_per_upstream"] = [u.log().count(LOADED) - b for u, b in zip(upstreams, before, strict=True)]  # fmt: skip
+                results[policy] = load
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    o = results["overhead"]
+    print(f"overhead ({overhead_requests} one-token requests each way, alternated):")
+    print(f"  direct  p50 {o['direct_p50_ms']:.1f} ms  p99 {o['direct_p99_ms']:.1f} ms")
+    print(f"  gateway p50 {o['gateway_p50_ms']:.1f} ms  p99 {o['gateway_p99_ms']:.1f} ms")
+    print(f"  added   p50 {o['added_p50_ms']:.1f} ms  p99 {o['added_p99_ms']:.1f} ms (target p50 <= 3 ms)")  # fmt: skip
+    print(f"{adapters} adapters over two upstreams, {clients} clients for {seconds:.0f} s each:")
+    for policy in ("affinity", "round-robin"):
+        r = results[policy]
+        print(f"  {policy:11}: adapter loads per upstream {r['loads_per_upstream']}, {r['requests']} requests, {r['errors']} errors, {r['tokens_per_s']:.1f} tokens/s")  # fmt: skip
+    ratio = results["affinity"]["tokens_per_s"] / max(results["round-robin"]["tokens_per_s"], 1e-9)
+    print(f"  affinity / round-robin throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    typer.run(main)

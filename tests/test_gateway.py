@@ -1,0 +1,191 @@
+"""A Switchboard gateway in front of a fleet (issue 16, part 2), all real processes on
+127.0.0.1: two vLLM OpenAI servers with Switchboard's resolver plugin, and `switchboard
+serve --upstream … --upstream …` over one registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.processes import ServerProcess, free_port, vllm_server
+from registry import BaseModelInfo
+from tests.serving_world import World, make_lora, make_world, requests
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+
+
+@dataclass
+class Fleet:
+    world: World
+    gateway: ServerProcess
+    upstreams: list[ServerProcess]
+
+    def chat(self, model: str, text: str = "Name three primary colours.") -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8}
+        return httpx.post(f"{self.gateway.url}/v1/chat/completions", json=body, timeout=300)
+
+    def sent(self) -> dict[str, float]:
+        """Requests the gateway has sent to each upstream (its /metrics)."""
+        text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
+        found = re.findall(r'switchboard_upstream_seconds_count\{upstream="([^"]+)"\} (\S+)', text)
+        return {url: float(count) for url, count in found}
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    real_base: BaseModelInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+    foreign_lora_dir: Path,
+    other_base_dir: Path,
+) -> Iterator[Fleet]:
+    world = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
+    logs = tmp_path_factory.mktemp("fleet")
+    upstreams = [vllm_server(world.home, world.base.path, logs / f"vllm{i}.log") for i in (1, 2)]
+    port = free_port()
+    command = [SWITCHBOARD, "--home", str(world.home), "serve", "--base", str(world.base.path)]
+    command += ["--port", str(port)]
+    for upstream in upstreams:
+        command += ["--upstream", upstream.url]
+    env = {"PATH": os.environ["PATH"], "HOME": str(world.home), "HF_HUB_OFFLINE": "1"}
+    env["SWITCHBOARD_MIX_ALLOW"] = '["*"]'  # clients may mix (a derived version each)
+    gateway = ServerProcess(command, env, logs / "gateway.log", port)
+    try:
+        for upstream in upstreams:
+            upstream.wait_ready("/health")
+        gateway.wait_ready("/readyz", 300)
+        yield Fleet(world, gateway, upstreams)
+    finally:
+        for process in (gateway, *upstreams):
+            process.stop()
+        world.registry.close()
+
+
+def test_the_fleet_answers_routed_named_streamed_and_new_adapters(fleet: Fleet) -> None:
+    routed = fleet.chat("auto", requests("sql", "eval", 1)[0])
+    assert routed.status_code == 200, routed.text
+    assert routed.json()["switchboard"]["served"]["ref"] == "sql:1"
+    assert json.loads(routed.headers["x-switchboard-route"])["served"]["ref"] == "sql:1"
+    assert routed.json()["usage"]["completion_tokens"] > 0
+    for model in ("base", "math"):
+        answer = fleet.chat(model)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+
+    body = {
+        "model": "math",
+        "messages": [{"role": "user", "content": "What is 12 times 12?"}],
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{fleet.gateway.url}/v1/chat/completions", json=body, timeout=300
+    ) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text and chunks[-1]["usage"]["completion_tokens"] > 0
+
+    # Published while the fleet runs: answered on its next request, through an upstream.
+    world = fleet.world
+    fresh = make_lora(world.base, world.home.parent / "fresh-lora", 41)
+    world.registry.publish(fresh, "fresh", world.base)
+    answer = fleet.chat("fresh")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["switchboard"]["served"]["served_name"].startswith("fresh-v1-")
+
+    # A mix: built and published by the gateway, served by name through the resolver.
+    mix = {"mix": [{"ref": "math", "weight": 0.7}, {"ref": "sql", "weight": 0.3}]}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answer = httpx.post(
+        f"{fleet.gateway.url}/v1/chat/completions", json={**body, "switchboard": mix}, timeout=300
+    )
+    assert answer.status_code == 200, answer.text
+    mixed = answer.json()["switchboard"]["served"]["served_name"]
+    assert mixed.startswith("mix-") and any(f"'{mixed}'" in u.log() for u in fleet.upstreams)
+
+    refused = fleet.chat("notes")  # a prefix adapter: no vLLM upstream serves it
+    assert refused.status_code == 400 and "LoRA adapters only" in refused.json()["error"]["message"]
+
+
+def test_an_adapter_stays_on_one_upstream_under_light_load(fleet: Fleet) -> None:
+    before = fleet.sent()
+    for _ in range(6):
+        assert fleet.chat("math").status_code == 200
+    after = fleet.sent()
+    grew = sorted(after[url] - before.get(url, 0.0) for url in after)
+    assert grew == [0.0, 6.0]
+    served = fleet.world.registry.resolve("math").served_name
+    loaded = [f"'{served}'" in u.log() for u in fleet.upstreams]
+    assert loaded.count(True) == 1  # the adapter was loaded on one upstream only
+
+
+async def _client(url: str, model: str, until: float, out: list[dict[str, Any]]) -> None:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me about the sea."}],
+        "max_tokens": 24,
+        "stream": True,
+    }
+    async with httpx.AsyncClient(timeout=180) as client:
+        while time.monotonic() < until:
+            started, outcome = time.monotonic(), "ok"
+            try:
+                async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                    if r.status_code != 200:
+                        outcome = f"status {r.status_code}: {(await r.aread())[:200]!r}"
+                    else:
+                        events = [line async for line in r.aiter_lines() if line.startswith("data")]
+                        errors = [e for e in events if '"error"' in e]
+                        if errors:
+                            outcome = f"error event: {errors[0][:200]}"
+                        elif events[-1] != "data: [DONE]":
+                            outcome = "no [DONE]"
+            except httpx.HTTPError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            out.append({"started": started, "ended": time.monotonic(), "outcome": outcome})
+
+
+def test_killing_an_upstream_under_load_fails_only_requests_it_was_answering(
+    fleet: Fleet,
+) -> None:
+    """Runs last: it kills an upstream."""
+    out: list[dict[str, Any]] = []
+    models = ["base", "math", "sql", "auto"]
+
+    async def load() -> float:
+        until = time.monotonic() + 40
+        clients = [
+            _client(fleet.gateway.url, models[i % len(models)], until, out) for i in range(16)
+        ]
+        running = asyncio.gather(*clients)
+        await asyncio.sleep(12)
+        busy = max(fleet.upstreams, key=lambda u: fleet.sent().get(u.url, 0.0))
+        os.kill(busy.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await running
+        return killed
+
+    killed = asyncio.run(load())
+    assert len(out) > 16
+    assert all(r["ended"] - r["started"] < 170 for r in out)  # none hung
+    after = [r for r in out if r["started"] > killed + 1]
+    assert after and all(r["outcome"] == "ok" for r in after), after
+    failed = [r for r in out if r["outcome"] != "ok"]
+    assert all(r["started"] < killed for r in failed), failed  # only those it was answering
+    assert all("upstream" in r["outcome"] for r in failed), failed  # each says why
+    assert httpx.get(f"{fleet.gateway.url}/readyz", timeout=30).status_code == 200
