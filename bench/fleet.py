@@ -49,7 +49,7 @@ def _fleet(home: Path, base: BaseModelInfo, logs: Path, policy: str, stack: Exit
     command = [SWITCHBOARD, "--home", str(home), "serve", "--base", str(base.path), "--port", str(port)]  # fmt: skip
     for upstream in upstreams:
         command += ["--upstream", upstream.url]
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "HF_HUB_OFFLINE": "1", "SWITCHBOARD_UPSTREAM_POLICY": json.dumps(policy)}  # fmt: skip
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "HF_HUB_OFFLINE": "1", "SWITCHBOARD_UPSTREAM_POLICY": policy}  # fmt: skip
     gateway = ServerProcess(command, env, logs / f"{policy}-gateway.log", port)
     for process in (gateway, *upstreams):
         stack.callback(process.stop)

@@ -14,8 +14,10 @@ third of the throughput on CPU with 8 adapters (bench/serve.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,11 @@ class LoRASet:
     def clear(self) -> None:
         for layer in self.layers.values():
             layer.plan = []
+
+    @contextlib.contextmanager
+    def cleared_after(self) -> Iterator[None]:
+        """No plan is left in the layers once decoding stops: the model is the base again."""
+        try:
+            yield
+        finally:
+            self.clear()

@@ -150,7 +150,7 @@ class HFEngine:
         """Decode until `feed` has nothing waiting and no row runs: between two steps, take
         what waits (as the batch has room) into the running batch; answer each request as
         its row ends."""
-        with self._lock:
+        with self._lock, self._lora_set.cleared_after():
             batch = self._batch(feed)
             while True:
                 taken = feed.take(self.max_batch - len(batch))

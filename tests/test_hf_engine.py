@@ -135,6 +135,7 @@ def test_requests_joining_a_running_batch_match_peft_one_request_at_a_time(
         assert list(generation.token_ids) == expected, (row.adapter, row.prompt)
     # They did run together: the first request was still decoding when the last one joined.
     assert steps.index(len(rows) - 1) < len(steps) - 1 - steps[::-1].index(0)
+    assert not any(layer.plan for layer in engine._lora_set.layers.values())  # the base again
 
 
 def test_limits_stops_and_eviction(
