@@ -3,7 +3,9 @@ environment and log, waited for until its readiness URL answers, stopped at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,8 +28,10 @@ class ServerProcess:
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{port}"
-        with log_path.open("w") as log:
-            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with log_path.open("w") as log:  # a group of its own: its children go with it
+            self.proc = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -44,13 +48,19 @@ class ServerProcess:
             time.sleep(0.5)
         raise AssertionError(f"the server never became ready:\n{self.log()[-4000:]}")
 
+    def kill(self) -> None:
+        """As if its machine died: SIGKILL to the process and every child (vLLM's engine
+        core is a child process, which would otherwise live on)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+        self.kill()  # whatever of it is left, its children included
 
 
 def vllm_server(home: Path, base: Path, log_path: Path) -> ServerProcess:
