@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -33,24 +31,20 @@ import httpx
 import typer
 
 from bench._common import HomeOption, default_base
-from bench.processes import ServerProcess, free_port, vllm_server
+from bench.processes import ServerProcess, switchboard_server, vllm_server
 from bench.serve import make_lora, requests_of
 from registry import BaseModelInfo, Registry, RegistrySettings
 from registry.experiments.stats import percentile
 
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 LOADED = "Resolved and loaded LoRA adapter"
 
 
 def _fleet(home: Path, base: BaseModelInfo, logs: Path, policy: str, stack: ExitStack) -> tuple[str, list[ServerProcess]]:  # fmt: skip
     """Two upstreams and a gateway; their URLs once all are ready."""
     upstreams = [vllm_server(home, base.path, logs / f"{policy}-vllm{i}.log") for i in (1, 2)]
-    port = free_port()
-    command = [SWITCHBOARD, "--home", str(home), "serve", "--base", str(base.path), "--port", str(port)]  # fmt: skip
-    for upstream in upstreams:
-        command += ["--upstream", upstream.url]
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "HF_HUB_OFFLINE": "1", "SWITCHBOARD_UPSTREAM_POLICY": policy}  # fmt: skip
-    gateway = ServerProcess(command, env, logs / f"{policy}-gateway.log", port)
+    targets = [arg for upstream in upstreams for arg in ("--upstream", upstream.url)]
+    env = {"SWITCHBOARD_UPSTREAM_POLICY": policy}
+    gateway = switchboard_server(home, base.path, logs / f"{policy}-gateway.log", *targets, env=env)
     for process in (gateway, *upstreams):
         stack.callback(process.stop)
     for upstream in upstreams:

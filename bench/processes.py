@@ -83,3 +83,16 @@ def vllm_server(home: Path, base: Path, log_path: Path) -> ServerProcess:
     command += ["--enable-lora", "--max-lora-rank=16", "--max-loras=2", "--max-model-len=1024"]
     command += ["--dtype=float32", "--host=127.0.0.1", f"--port={port}"]
     return ServerProcess(command, env, log_path, port)
+
+
+def switchboard_server(
+    home: Path, base: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """`switchboard serve` on `base` over the registry in `home`, with `args` (an engine,
+    upstreams, …) and no setting of the operator's: only `env`'s `SWITCHBOARD_*` apply. Not
+    yet ready: call `wait_ready("/readyz")`."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("switchboard")), "--home", str(home), "serve"]
+    command += ["--base", str(base), "--port", str(port), *args]
+    clean = {"PATH": os.environ["PATH"], "HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return ServerProcess(command, clean | (env or {}), log_path, port)

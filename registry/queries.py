@@ -1,6 +1,6 @@
 """The statements that find versions, shared by the adapter store and the experiment store.
 
-Resolving a ref is the registry's hottest path, so its three statements (`name:N`,
+Resolving a ref is the registry's hottest path, so its statements (`name:N`, a served name,
 `name@alias`, `name`) are built once at import; each picks the version id with a scalar
 subquery, then seeks by key.
 """
@@ -47,10 +47,11 @@ def info_query() -> Any:
     )
 
 
-def _resolve_statements() -> tuple[Any, Any, Any]:
+def _resolve_statements() -> tuple[Any, Any, Any, Any]:
     live = info_query().where(VersionRow.deleted_at.is_(None))
     name: Any = bindparam("name")
     by_version = live.where(AdapterRow.name == name, VersionRow.version == bindparam("version"))
+    by_served_name = live.where(VersionRow.served_name == bindparam("served_name"))
     alias_target = (
         select(AliasRow.version_id)
         .join(AdapterRow, AdapterRow.id == AliasRow.adapter_id)
@@ -67,10 +68,10 @@ def _resolve_statements() -> tuple[Any, Any, Any]:
     )
     by_alias = live.where(VersionRow.id == alias_target)
     by_name = live.where(VersionRow.id == func.coalesce(alias_target, latest))  # prod, else latest
-    return by_version, by_alias, by_name
+    return by_version, by_served_name, by_alias, by_name
 
 
-_BY_VERSION, _BY_ALIAS, _BY_NAME = _resolve_statements()
+_BY_VERSION, _BY_SERVED_NAME, _BY_ALIAS, _BY_NAME = _resolve_statements()
 ALIASES_OF = (
     select(AliasRow.alias)
     .where(AliasRow.version_id == bindparam("version_id"))
@@ -97,6 +98,8 @@ def to_info(row: Row[Any], aliases: tuple[str, ...]) -> VersionInfo:
 
 def resolve_statement(ref: AdapterRef) -> tuple[Any, dict[str, Any]]:
     """The prebuilt statement for this kind of ref, and its parameters."""
+    if ref.digest is not None:
+        return _BY_SERVED_NAME, {"served_name": str(ref)}
     if ref.version is not None:
         return _BY_VERSION, {"name": ref.name, "version": ref.version}
     if ref.alias is not None:
@@ -122,13 +125,16 @@ def missing(conn: Any, ref: AdapterRef) -> SwitchboardError:
     if ref.alias is not None:
         return not_found(f"{ref.name} has no alias {ref.alias!r}")
     if ref.version is not None:
-        deleted = conn.scalar(
-            select(VersionRow.deleted_at).where(
+        row = conn.execute(
+            select(VersionRow.deleted_at, VersionRow.served_name).where(
                 VersionRow.adapter_id == adapter_id, VersionRow.version == ref.version
             )
-        )
-        state = "was deleted" if deleted is not None else "does not exist"
-        return not_found(f"{ref} {state}")
+        ).first()
+        if row is None:
+            return not_found(f"{ref} does not exist")
+        if ref.digest is not None and row.served_name != str(ref):
+            return not_found(f"{ref} is not {ref.name}:{ref.version}'s content")
+        return not_found(f"{ref} was deleted")
     return not_found(f"{ref.name} has no live version")
 
 

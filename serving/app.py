@@ -175,7 +175,15 @@ async def _respond(
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         events = stream(
-            service, generation_request, served, body.model, ident, chat, observe, usage
+            service,
+            generation_request,
+            served,
+            body.model,
+            ident,
+            chat,
+            observe,
+            include_usage=usage,
+            token_ids=body.return_token_ids,
         )
         return StreamingResponse(
             events, media_type="text/event-stream", headers=header_value(served)
@@ -185,7 +193,15 @@ async def _respond(
         return Response(status_code=499)
     await observe(generation)
     return JSONResponse(
-        completion_body(ident, body.model, served, generation, chat, service.engine.tokens),
+        completion_body(
+            ident,
+            body.model,
+            served,
+            generation,
+            chat,
+            service.engine.tokens,
+            body.return_token_ids,
+        ),
         headers=header_value(served),
     )
 

@@ -109,13 +109,21 @@ def _chat_token(text: str, logprob: float) -> dict[str, Any]:
 
 
 def completion_body(
-    ident: str, model: str, served: Served, generation: Generation, chat: bool, tokens: Tokens
+    ident: str,
+    model: str,
+    served: Served,
+    generation: Generation,
+    chat: bool,
+    tokens: Tokens,
+    token_ids: bool = False,
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "finish_reason": generation.finish_reason,
         "logprobs": logprobs_body(generation, tokens, chat),
     }
+    if token_ids:  # vLLM's `return_token_ids`
+        choice["token_ids"] = list(generation.token_ids)
     if chat:
         choice["message"] = {"role": "assistant", "content": generation.text}
     else:
@@ -139,8 +147,11 @@ def stream_chunk(
     text: str | None,
     finish: str | None,
     served: Served | None = None,
+    *,
+    token_ids: list[int] | None = None,
 ) -> str:
-    """One server-sent event of a stream; the first carries `served` (what served it)."""
+    """One server-sent event of a stream; the first carries `served` (what served it);
+    `token_ids`, where asked for, the ids of the tokens this chunk completes."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if served is not None else {}
         if text:
@@ -148,6 +159,8 @@ def stream_chunk(
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
     payload: dict[str, Any] = {
         "id": ident,
         "object": "chat.completion.chunk" if chat else "text_completion",

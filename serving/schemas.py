@@ -79,6 +79,8 @@ class _Sampling(BaseModel):
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     user: str | None = None
     switchboard: SwitchboardOptions | None = None
+    # vLLM's extension: the answer's token ids beside its text (a gateway passes tokens on)
+    return_token_ids: bool = False
 
     @field_validator("n")
     @classmethod

@@ -2,7 +2,8 @@
 
 `switchboard serve --upstream URL …` keeps routing, the registry, A/B tests, keys, the admin
 API and metrics, and hands each generation to one of a fleet of `vllm serve` replicas (with
-Switchboard's resolver plugin, so `model=<served name>` loads the version on first use).
+Switchboard's resolver plugin, so `model=<served name>` loads the version on first use) or
+of other `switchboard serve`s (which take served names and `return_token_ids` alike).
 
 - Adapter affinity: requests for one served name go to the same upstream while it has room
   (rendezvous hashing over the healthy upstreams: a name moves only when its upstream leaves),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +28,17 @@ from pathlib import Path
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver
 
-from registry import BaseModels, Registry, RegistrySettings, SwitchboardError, open_registry
+from registry import (
+    AdapterRef,
+    BaseModels,
+    Registry,
+    RegistrySettings,
+    SwitchboardError,
+    open_registry,
+)
+from registry.refs import SERVED_NAME
 
 log = logging.getLogger(__name__)
-
-# refs.served_name's shape: name (itself maybe with dashes), version, 12 digest characters.
-SERVED_NAME = re.compile(
-    r"^(?P<name>[a-z0-9][a-z0-9_-]{0,62})-v(?P<version>[0-9]{1,10})-[0-9a-f]{12}$"
-)
 
 
 def lora_id(served_name: str) -> int:
@@ -55,7 +57,7 @@ class SwitchboardResolver(LoRAResolver):
         self._lock = threading.Lock()
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
-        if not SERVED_NAME.match(lora_name):
+        if not SERVED_NAME.fullmatch(lora_name):
             return None  # not ours
         path = await asyncio.to_thread(self._checkout, base_model_name, lora_name)
         if path is None:
@@ -66,17 +68,13 @@ class SwitchboardResolver(LoRAResolver):
     def _checkout(self, base_model_name: str, served_name: str) -> Path | None:
         """The verified local directory of a served name, or None (logged) if it cannot be
         served here."""
-        match = SERVED_NAME.match(served_name)
-        assert match is not None
-        ref = f"{match['name']}:{int(match['version'])}"
         try:
+            ref = AdapterRef.parse(served_name)
             with self._lock:
                 registry = self._open()
-                info = registry.find(ref)
+                info = registry.resolve(ref)  # unknown or deleted: its reason, logged below
                 refusal = None
-                if info is None or info.served_name != served_name:
-                    refusal = "is not in the registry (or deleted)"
-                elif info.method != "lora":
+                if info.method != "lora":
                     refusal = f"is a {info.method} adapter; vLLM serves LoRA only"
                 elif info.base_fingerprint != (base := self._fingerprint(base_model_name)):
                     refusal = (

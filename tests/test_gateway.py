@@ -1,14 +1,13 @@
 """A Switchboard gateway in front of a fleet (issue 16, part 2), all real processes on
 127.0.0.1: two vLLM OpenAI servers with Switchboard's resolver plugin, and `switchboard
-serve --upstream … --upstream …` over one registry."""
+serve --upstream … --upstream …` over one registry; and a gateway in front of another
+`switchboard serve`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,13 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.processes import ServerProcess, free_port, vllm_server
+from bench.processes import ServerProcess, switchboard_server, vllm_server
 from registry import BaseModelInfo
 from tests.serving_world import World, make_lora, make_world, requests
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -45,6 +42,58 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
+def chain(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A gateway in front of another `switchboard serve` (transformers engine): its URL, the
+    upstream's."""
+    logs = tmp_path_factory.mktemp("chain")
+    base = world.base.path
+    upstream = switchboard_server(world.home, base, logs / "upstream.log", "--engine", "hf")
+    env = {"SWITCHBOARD_MIX_ALLOW": '["*"]'}
+    gateway = switchboard_server(
+        world.home, base, logs / "gw.log", "--upstream", upstream.url, env=env
+    )
+    try:
+        upstream.wait_ready("/readyz", 300)
+        gateway.wait_ready("/readyz", 300)
+        yield [gateway.url, upstream.url]
+    finally:
+        gateway.stop()
+        upstream.stop()
+
+
+def test_a_gateway_in_front_of_another_switchboard_answers_as_it_does(chain: list[str]) -> None:
+    gateway, upstream = chain
+
+    def complete(url: str, model: str, **extra: Any) -> httpx.Response:
+        body = {"model": model, "prompt": "The three primary colours are", "max_tokens": 12}
+        return httpx.post(
+            f"{url}/v1/completions", json=body | {"temperature": 0} | extra, timeout=300
+        )
+
+    for model in ("math", "base"):
+        direct, through = complete(upstream, model).json(), complete(gateway, model).json()
+        assert through["choices"][0]["text"] == direct["choices"][0]["text"] != ""
+        assert through["usage"] == direct["usage"]
+        assert through["switchboard"]["served"] == direct["switchboard"]["served"]
+    routed = complete(gateway, "auto", prompt=requests("sql", "eval", 1)[0]).json()
+    assert routed["switchboard"]["served"]["ref"] == "sql:1"
+
+    body = {"model": "math", "prompt": "The three primary colours are", "max_tokens": 12}
+    with httpx.stream(
+        "POST", f"{gateway}/v1/completions", json=body | {"stream": True, "temperature": 0}
+    ) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert len([p for p in pieces if p]) > 1  # streamed as it came, not in one piece at the end
+    assert "".join(pieces) == complete(upstream, "math").json()["choices"][0]["text"]
+
+    mix = {"mix": [{"ref": "math", "weight": 0.7}, {"ref": "sql", "weight": 0.3}]}
+    mixed = complete(gateway, "auto", switchboard=mix)
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["switchboard"]["served"]["served_name"].startswith("mix-")
+
+
+@pytest.fixture(scope="module")
 def fleet(
     real_base: BaseModelInfo,
     tmp_path_factory: pytest.TempPathFactory,
@@ -54,14 +103,11 @@ def fleet(
     world = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
     logs = tmp_path_factory.mktemp("fleet")
     upstreams = [vllm_server(world.home, world.base.path, logs / f"vllm{i}.log") for i in (1, 2)]
-    port = free_port()
-    command = [SWITCHBOARD, "--home", str(world.home), "serve", "--base", str(world.base.path)]
-    command += ["--port", str(port)]
-    for upstream in upstreams:
-        command += ["--upstream", upstream.url]
-    env = {"PATH": os.environ["PATH"], "HOME": str(world.home), "HF_HUB_OFFLINE": "1"}
-    env["SWITCHBOARD_MIX_ALLOW"] = '["*"]'  # clients may mix (a derived version each)
-    gateway = ServerProcess(command, env, logs / "gateway.log", port)
+    targets = [arg for upstream in upstreams for arg in ("--upstream", upstream.url)]
+    env = {"SWITCHBOARD_MIX_ALLOW": '["*"]'}  # clients may mix (a derived version each)
+    gateway = switchboard_server(
+        world.home, world.base.path, logs / "gateway.log", *targets, env=env
+    )
     try:
         for upstream in upstreams:
             upstream.wait_ready("/health")
@@ -73,6 +119,7 @@ def fleet(
         world.registry.close()
 
 
+@pytest.mark.vllm
 def test_the_fleet_answers_routed_named_streamed_and_new_adapters(fleet: Fleet) -> None:
     routed = fleet.chat("auto", requests("sql", "eval", 1)[0])
     assert routed.status_code == 200, routed.text
@@ -121,6 +168,7 @@ def test_the_fleet_answers_routed_named_streamed_and_new_adapters(fleet: Fleet) 
     assert refused.status_code == 400 and "LoRA adapters only" in refused.json()["error"]["message"]
 
 
+@pytest.mark.vllm
 def test_an_adapter_stays_on_one_upstream_under_light_load(fleet: Fleet) -> None:
     before = fleet.sent()
     for _ in range(6):
@@ -159,6 +207,7 @@ async def _client(url: str, model: str, until: float, out: list[dict[str, Any]])
             out.append({"started": started, "ended": time.monotonic(), "outcome": outcome})
 
 
+@pytest.mark.vllm
 def test_killing_an_upstream_under_load_fails_only_requests_it_was_answering(
     fleet: Fleet,
 ) -> None:

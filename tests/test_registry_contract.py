@@ -103,8 +103,27 @@ def test_same_content_new_version_gets_a_new_served_name(
     assert other.served_name.endswith(other.content_digest[:12])
 
 
+def test_a_served_name_is_a_ref_to_exactly_its_content(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
+) -> None:
+    one = registry.publish(lora_dir, "legal", tiny_base)
+    two = registry.publish(lora_dir_2, "legal", tiny_base)
+    assert registry.resolve(one.served_name) == registry.resolve("legal:1")
+    assert registry.resolve(two.served_name).version == 2
+    assert registry.checkout(one.served_name)[0].served_name == one.served_name
+    # version 1's number with version 2's digest names nothing
+    with _error(ErrorCode.NOT_FOUND, "is not legal:1's content"):
+        registry.resolve(f"legal-v1-{two.content_digest[:12]}")
+    with _error(ErrorCode.NOT_FOUND, "does not exist"):
+        registry.resolve(f"legal-v3-{two.content_digest[:12]}")
+    registry.delete(one.served_name)
+    with _error(ErrorCode.NOT_FOUND, "was deleted"):
+        registry.resolve(one.served_name)
+
+
 @pytest.mark.parametrize(
-    "name", ["Legal", "", "-x", "a" * 64, "has space", "ünï", "x/y", "base", "auto"]
+    "name",
+    ["Legal", "", "-x", "a" * 64, "has space", "ünï", "x/y", "base", "auto", "a-v1-0123456789ab"],
 )
 def test_bad_names_are_refused(
     registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, home: Path, name: str

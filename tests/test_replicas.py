@@ -16,7 +16,7 @@ import httpx
 import pytest
 from conftest import _postgres_schema_url, make_bucket, s3_options
 
-from bench.processes import ServerProcess, free_port
+from bench.processes import ServerProcess, switchboard_server
 from registry import BaseModelInfo
 from trainer.synthetic import random_adapter
 
@@ -50,23 +50,16 @@ def _cli(env: dict[str, str], home: Path, *args: str) -> dict[str, object]:
     return answer
 
 
-class Replica(ServerProcess):
+def _replica(env: dict[str, str], home: Path, base: BaseModelInfo) -> ServerProcess:
     """`switchboard serve` (transformers engine) with a home of its own."""
+    log = home.parent / f"{home.name}.log"
+    return switchboard_server(home, base.path, log, "--engine", "hf", env=env)
 
-    def __init__(self, env: dict[str, str], home: Path, base: BaseModelInfo) -> None:
-        self.home = home
-        port = free_port()
-        command = [SWITCHBOARD, "--home", str(home), "serve", "--engine", "hf"]
-        command += ["--base", str(base.path), "--port", str(port)]
-        log = home.parent / f"{home.name}.log"
-        super().__init__(command, {**env, "HOME": str(home)}, log, port)
 
-    def ask(self, model: str, user: str | None = None) -> httpx.Response:
-        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-        headers = {"x-user": user} if user else {}
-        return httpx.post(
-            f"{self.url}/v1/chat/completions", json=body, headers=headers, timeout=300
-        )
+def _ask(replica: ServerProcess, model: str, user: str | None = None) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"x-user": user} if user else {}
+    return httpx.post(f"{replica.url}/v1/chat/completions", json=body, headers=headers, timeout=300)
 
 
 def test_two_replicas_share_one_registry(
@@ -90,26 +83,21 @@ def test_two_replicas_share_one_registry(
         return str(done["ref"])
 
     assert publish(1) == "legal:1"
-    replicas = [Replica(shared, tmp_path / f"replica{i}", real_base) for i in (1, 2)]
+    homes = [tmp_path / f"replica{i}" for i in (1, 2)]
+    replicas = [_replica(shared, home, real_base) for home in homes]
     try:
         for replica in replicas:
             replica.wait_ready("/readyz", 300)
         for replica in replicas:  # published elsewhere, served here: files from the bucket
-            answer = replica.ask("legal")
+            answer = _ask(replica, "legal")
             assert answer.status_code == 200, answer.text
             assert answer.json()["switchboard"]["served"]["ref"] == "legal:1"
         assert publish(2) == "legal:2"
         for replica in replicas:  # published while both run: served on the next request
-            assert replica.ask("legal:2").json()["switchboard"]["served"]["ref"] == "legal:2"
-        for replica in replicas:  # each downloaded into its own cache
+            assert _ask(replica, "legal:2").json()["switchboard"]["served"]["ref"] == "legal:2"
+        for home in homes:  # each downloaded into its own cache
             assert (
-                len(
-                    [
-                        p
-                        for p in (replica.home / "checkouts").iterdir()
-                        if p.name.startswith("legal-v")
-                    ]
-                )
+                len([p for p in (home / "checkouts").iterdir() if p.name.startswith("legal-v")])
                 == 2
             )
 
@@ -133,7 +121,7 @@ def test_two_replicas_share_one_registry(
         ids = []
         for user in [f"user{i}" for i in range(8)]:
             for replica in replicas:
-                answer = replica.ask("legal", user)
+                answer = _ask(replica, "legal", user)
                 assert answer.status_code == 200, answer.text
                 served = answer.json()["switchboard"]
                 arms.setdefault(user, set()).add(served["experiment"]["arm"])
@@ -149,17 +137,13 @@ def test_two_replicas_share_one_registry(
 
         # One replica loses its local cache: it keeps serving, and a version it has not seen
         # costs it one download into a fresh cache.
-        shutil.rmtree(replicas[0].home / "checkouts")
-        assert replicas[0].ask("legal:1").status_code == 200
+        shutil.rmtree(homes[0] / "checkouts")
+        assert _ask(replicas[0], "legal:1").status_code == 200
         assert publish(3) == "legal:3"
-        answer = replicas[0].ask("legal:3")
+        answer = _ask(replicas[0], "legal:3")
         assert answer.status_code == 200, answer.text
         assert answer.json()["switchboard"]["served"]["ref"] == "legal:3"
-        fresh = [
-            p.name
-            for p in (replicas[0].home / "checkouts").iterdir()
-            if p.name.startswith("legal-v")
-        ]
+        fresh = [p.name for p in (homes[0] / "checkouts").iterdir() if p.name.startswith("legal-v")]
         assert fresh == [answer.json()["switchboard"]["served"]["served_name"]]
     finally:
         for replica in replicas:

@@ -192,6 +192,36 @@ def test_a_version_published_while_serving_is_served_without_restart(
         assert info["served"]["served_name"] == world.registry.resolve(name).served_name
 
 
+def test_a_served_name_and_token_ids_as_a_gateway_asks_for_them(
+    http: TestClient, world: World
+) -> None:
+    """What a gateway in front of this server sends: `model=<served name>` (exactly that
+    content) and `return_token_ids`, streamed; the chunks' ids are the answer's tokens."""
+    served = world.registry.resolve("math").served_name
+    body = {"model": served, "prompt": "Twelve times twelve is", "max_tokens": 12}
+    body |= {"temperature": 0, "return_token_ids": True}
+    whole = http.post("/v1/completions", json=body).json()
+    assert whole["switchboard"]["served"]["served_name"] == served
+    assert whole["switchboard"]["reason"] == "explicit ref"
+    ids = whole["choices"][0]["token_ids"]
+    assert len(ids) == whole["usage"]["completion_tokens"] > 0
+
+    with http.stream(
+        "POST", "/v1/completions", json=body | {"stream": True, "model": served}
+    ) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert all("token_ids" in c for c in chunks)
+    assert [t for c in chunks for t in c["token_ids"]] == ids
+    assert "".join(c["text"] for c in chunks) == whole["choices"][0]["text"]
+
+    other = f"math-v1-{'0' * 12}"  # math:1's number, other content
+    missing = http.post("/v1/completions", json=body | {"model": other})
+    assert missing.status_code == 404 and "content" in missing.json()["error"]["message"]
+    plain = http.post("/v1/completions", json=body | {"return_token_ids": False}).json()
+    assert "token_ids" not in plain["choices"][0]
+
+
 @pytest.mark.vllm
 def test_vllm_refuses_a_rank_above_its_limit(
     servers: Callable[[str], TestClient], world: World, tmp_path: Path

@@ -98,7 +98,8 @@ def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
         answers = {why: _resolve(world, name) for why, name in refused.items()}
     assert answers == dict.fromkeys(refused)
     logged = caplog.text
-    assert "not in the registry" in logged and "vLLM serves LoRA only" in logged
+    assert "does not exist" in logged and "was deleted" in logged
+    assert "is not math:1's content" in logged and "vLLM serves LoRA only" in logged
     assert "another base" in logged and broken.served_name in logged
     assert "gpt-4o" not in logged  # not Switchboard's: left to other resolvers, silently
 
