@@ -216,12 +216,14 @@ class UpstreamEngine:
             "top_p": p.top_p,
             "stop": list(p.stop),
             "seed": p.seed,
-            "stream": True,
-            "stream_options": {"include_usage": True},
             "return_token_ids": True,
         }
         if p.logprobs is not None:
             body["logprobs"] = p.logprobs
+        # Streamed only for a caller that takes tokens as they come: one answer is cheaper
+        # for both sides than a stream of events.
+        if on_token is not None:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
         text: list[str] = []
         ids: list[int] = []
         finish: Any = "length"
@@ -234,7 +236,8 @@ class UpstreamEngine:
                     if answer.status_code != 200:
                         await answer.aread()
                         raise _refusal(upstream, answer)
-                    async for event in _events(answer):
+                    events = _events(answer) if on_token is not None else _whole(answer)
+                    async for event in events:
                         choice = (event.get("choices") or [{}])[0]
                         new = choice.get("token_ids") or []
                         text.append(choice.get("text") or "")
@@ -265,6 +268,14 @@ def _refusal(upstream: Upstream, answer: httpx.Response) -> Exception:
         return _BeforeFirstToken(f"{upstream.url}: {answer.status_code} {message}")
     code = ErrorCode.NOT_FOUND if answer.status_code == 404 else ErrorCode.INVALID_INPUT
     return SwitchboardError(code, f"upstream: {message}")
+
+
+async def _whole(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """A plain answer, as the one event it amounts to."""
+    try:
+        yield json.loads(await answer.aread())
+    except ValueError as exc:
+        raise SwitchboardError(ErrorCode.UNAVAILABLE, f"upstream: not JSON: {exc}") from exc
 
 
 async def _events(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
