@@ -76,6 +76,19 @@ def world(
     made.registry.close()
 
 
+@pytest.fixture(scope="module")
+def fresh_world(
+    real_base: BaseModelInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+    foreign_lora_dir: Path,
+    other_base_dir: Path,
+) -> Iterator[World]:
+    """A registry of the world's adapters for one module alone (its tests change it)."""
+    made = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
+    yield made
+    made.registry.close()
+
+
 def make_world(
     real_base: BaseModelInfo,
     tmp_path_factory: pytest.TempPathFactory,

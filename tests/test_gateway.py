@@ -11,15 +11,13 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from bench.processes import ServerProcess, switchboard_server, vllm_server
-from registry import BaseModelInfo
-from tests.serving_world import World, make_lora, make_world, requests
+from tests.serving_world import World, make_lora, requests
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +92,8 @@ def test_a_gateway_in_front_of_another_switchboard_answers_as_it_does(chain: lis
 
 
 @pytest.fixture(scope="module")
-def fleet(
-    real_base: BaseModelInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-    foreign_lora_dir: Path,
-    other_base_dir: Path,
-) -> Iterator[Fleet]:
-    world = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
+def fleet(fresh_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    world = fresh_world  # the fleet's tests publish into it
     logs = tmp_path_factory.mktemp("fleet")
     upstreams = [vllm_server(world.home, world.base.path, logs / f"vllm{i}.log") for i in (1, 2)]
     targets = [arg for upstream in upstreams for arg in ("--upstream", upstream.url)]
@@ -116,7 +109,6 @@ def fleet(
     finally:
         for process in (gateway, *upstreams):
             process.stop()
-        world.registry.close()
 
 
 @pytest.mark.vllm

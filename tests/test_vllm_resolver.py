@@ -17,25 +17,12 @@ import httpx
 import pytest
 
 from bench.processes import vllm_server
-from registry import BaseModelInfo, RegistrySettings
-from tests.serving_world import World, make_lora, make_world
+from registry import RegistrySettings
+from tests.serving_world import World, make_lora
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 PROMPT = [{"role": "user", "content": "Name three primary colours."}]
-
-
-@pytest.fixture(scope="module")
-def world(
-    real_base: BaseModelInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-    foreign_lora_dir: Path,
-    other_base_dir: Path,
-) -> Iterator[World]:
-    """A registry of its own: these tests add broken and deleted versions."""
-    made = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
-    yield made
-    made.registry.close()
 
 
 def _resolve(world: World, name: str, base: Path | None = None) -> Any:
@@ -66,20 +53,24 @@ def test_lora_ids_are_stable_across_processes() -> None:
 
 
 def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
-    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fresh_world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from serving.vllm_resolver import lora_id
 
-    registry = world.registry
+    registry = fresh_world.registry
     math = registry.resolve("math")
-    found = _resolve(world, math.served_name)
+    found = _resolve(fresh_world, math.served_name)
     assert found is not None and found.lora_name == math.served_name
     assert found.lora_int_id == lora_id(math.served_name)
     assert (Path(found.lora_path) / "adapter_model.safetensors").is_file()
 
-    gone = registry.publish(make_lora(world.base, tmp_path / "gone", 21), "gone", world.base)
+    gone = registry.publish(
+        make_lora(fresh_world.base, tmp_path / "gone", 21), "gone", fresh_world.base
+    )
     registry.delete(gone.ref)
-    broken = registry.publish(make_lora(world.base, tmp_path / "broken", 22), "broken", world.base)
+    broken = registry.publish(
+        make_lora(fresh_world.base, tmp_path / "broken", 22), "broken", fresh_world.base
+    )
     weights = registry.manifest(broken.ref).files["adapter_model.safetensors"]
     blob = registry.blobs.path(weights.sha256)  # type: ignore[attr-defined]
     blob.chmod(0o644)
@@ -95,7 +86,7 @@ def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
         "fails verification": broken.served_name,
     }
     with caplog.at_level(logging.WARNING, logger="serving.vllm_resolver"):
-        answers = {why: _resolve(world, name) for why, name in refused.items()}
+        answers = {why: _resolve(fresh_world, name) for why, name in refused.items()}
     assert answers == dict.fromkeys(refused)
     logged = caplog.text
     assert "does not exist" in logged and "was deleted" in logged
@@ -105,10 +96,10 @@ def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
 
 
 @pytest.fixture(scope="module")
-def vllm_serve(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """vLLM's OpenAI server on the default base with the plugin, over the world's registry."""
+def vllm_serve(fresh_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM's OpenAI server on the default base with the plugin, over the fresh_world's registry."""
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    server = vllm_server(world.home, world.base.path, log)
+    server = vllm_server(fresh_world.home, fresh_world.base.path, log)
     try:
         server.wait_ready("/health")
         yield server.url
@@ -123,15 +114,15 @@ def _chat(url: str, model: str) -> httpx.Response:
 
 
 def test_vllm_serve_with_the_plugin_serves_registry_adapters_by_served_name(
-    world: World, vllm_serve: str, tmp_path: Path
+    fresh_world: World, vllm_serve: str, tmp_path: Path
 ) -> None:
-    registry = world.registry
-    base = _chat(vllm_serve, str(world.base.path))
+    registry = fresh_world.registry
+    base = _chat(vllm_serve, str(fresh_world.base.path))
     assert base.status_code == 200, base.text
 
     # Published while vLLM runs: answered on its first request, no load call.
     fresh = registry.publish(
-        make_lora(world.base, tmp_path / "fresh", 31, scale=1.0), "fresh", world.base
+        make_lora(fresh_world.base, tmp_path / "fresh", 31, scale=1.0), "fresh", fresh_world.base
     )
     answer = _chat(vllm_serve, fresh.served_name)
     assert answer.status_code == 200, answer.text
