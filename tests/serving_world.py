@@ -64,8 +64,7 @@ class World:
     base: BaseModelInfo
 
 
-@pytest.fixture(scope="session")
-def world(
+def _world(
     real_base: BaseModelInfo,
     tmp_path_factory: pytest.TempPathFactory,
     foreign_lora_dir: Path,
@@ -76,17 +75,9 @@ def world(
     made.registry.close()
 
 
-@pytest.fixture(scope="module")
-def fresh_world(
-    real_base: BaseModelInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-    foreign_lora_dir: Path,
-    other_base_dir: Path,
-) -> Iterator[World]:
-    """A registry of the world's adapters for one module alone (its tests change it)."""
-    made = make_world(real_base, tmp_path_factory, foreign_lora_dir, other_base_dir)
-    yield made
-    made.registry.close()
+# The session's shared world; and one for a module alone, whose tests change its registry.
+world = pytest.fixture(_world, scope="session", name="world")
+fresh_world = pytest.fixture(_world, scope="module", name="fresh_world")
 
 
 def make_world(
