@@ -7,8 +7,8 @@
 All real processes on 127.0.0.1: vLLM's OpenAI server with Switchboard's resolver plugin
 (two of them), and `switchboard serve --upstream … --upstream …`, over one registry of
 `--adapters` LoRA adapters.
-- overhead: the same one-token request straight to an upstream (model = the served name) and
-  through the gateway (model = the adapter's name), in pairs; p50/p99 of each and the median
+- overhead: a gateway over one upstream; the same one-token request straight to the upstream
+  (model = the served name) and through the gateway (model = the adapter's name), in pairs; p50/p99 of each and the median
   of the pairs' differences (target: p50 ≤ 3 ms added beyond routing);
 - policies: for affinity, then round-robin, a fresh pair of upstreams and a gateway; --clients
   clients send requests for adapters drawn at random for --seconds: adapter loads per
@@ -40,12 +40,14 @@ from registry.experiments.stats import percentile
 LOADED = "Resolved and loaded LoRA adapter"
 
 
-def _fleet(home: Path, base: BaseModelInfo, logs: Path, policy: str, stack: ExitStack) -> tuple[ServerProcess, list[ServerProcess]]:  # fmt: skip
-    """Two upstreams and a gateway, once all are ready."""
-    upstreams = [vllm_server(home, base.path, logs / f"{policy}-vllm{i}.log") for i in (1, 2)]
+def _fleet(home: Path, base: BaseModelInfo, logs: Path, policy: str, count: int, stack: ExitStack) -> tuple[ServerProcess, list[ServerProcess]]:  # fmt: skip
+    """`count` upstreams and a gateway, once all are ready."""
+    upstreams = [vllm_server(home, base.path, logs / f"{policy}-{count}-vllm{i}.log") for i in range(count)]  # fmt: skip
     targets = [arg for upstream in upstreams for arg in ("--upstream", upstream.url)]
     env = {"SWITCHBOARD_UPSTREAM_POLICY": policy}
-    gateway = switchboard_server(home, base.path, logs / f"{policy}-gateway.log", *targets, env=env)
+    gateway = switchboard_server(
+        home, base.path, logs / f"{policy}-{count}-gateway.log", *targets, env=env
+    )
     for process in (gateway, *upstreams):
         stack.callback(process.stop)
     for upstream in upstreams:
@@ -135,16 +137,16 @@ def main(
         registry.close()
         logs = root / "logs"
         logs.mkdir()
+        # The overhead over one upstream: a second vLLM server, idle, would still take its
+        # share of this machine's two cores from the two processes measured.
+        with ExitStack() as stack:
+            gateway, upstreams = _fleet(registry_home, base, logs, "affinity", 1, stack)
+            results["overhead"] = overhead(gateway, upstreams[0].url, names[0], first, overhead_requests)  # fmt: skip
         for policy in ("affinity", "round-robin"):
             with ExitStack() as stack:
-                gateway, upstreams = _fleet(registry_home, base, logs, policy, stack)
-                if policy == "affinity":
-                    results["overhead"] = overhead(gateway, upstreams[0].url, names[0], first, overhead_requests)  # fmt: skip
-                    before = [u.log().count(LOADED) for u in upstreams]
-                else:
-                    before = [0, 0]
+                gateway, upstreams = _fleet(registry_home, base, logs, policy, 2, stack)
                 load = asyncio.run(_load(gateway.url, names, texts, clients, seconds))
-                load["loads_per_upstream"] = [u.log().count(LOADED) - b for u, b in zip(upstreams, before, strict=True)]  # fmt: skip
+                load["loads_per_upstream"] = [u.log().count(LOADED) for u in upstreams]
                 results[policy] = load
     if as_json:
         print(json.dumps(results, indent=2))

@@ -25,7 +25,7 @@ from serving.auth import check_mix
 from serving.body_limit import BodyLimit
 from serving.build import build_service
 from serving.deps import KeyDep, ServiceDep
-from serving.engine import Generation, SamplingParams
+from serving.engine import Generation, GenerationRequest, SamplingParams
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
 from serving.openai_format import completion_body, header_value, model_list
@@ -101,23 +101,30 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     @app.post("/v1/chat/completions", dependencies=KeyDep)
     async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
         messages = [m.model_dump() for m in body.messages]
-        served = await asyncio.to_thread(
-            service.resolve, body.model, messages, mix_of(body, request), request.headers
-        )
         limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
-        prompt = service.engine.tokens.render_chat(messages)
-        return await _respond(request, service, body, served, prompt, limit, chat=True)
+        served, generation = await asyncio.to_thread(  # one trip off the event loop
+            service.admit,
+            body.model,
+            messages,
+            mix_of(body, request),
+            request.headers,
+            _sampling(body, limit),
+        )
+        return await _respond(request, service, body, served, generation, chat=True)
 
     @app.post("/v1/completions", dependencies=KeyDep)
     async def completions(
         body: CompletionRequest, service: ServiceDep, request: Request
     ) -> Response:
-        served = await asyncio.to_thread(
-            service.resolve, body.model, body.prompt, mix_of(body, request), request.headers
+        served, generation = await asyncio.to_thread(
+            service.admit,
+            body.model,
+            body.prompt,
+            mix_of(body, request),
+            request.headers,
+            _sampling(body, body.token_limit),
         )
-        return await _respond(
-            request, service, body, served, body.prompt, body.token_limit, chat=False
-        )
+        return await _respond(request, service, body, served, generation, chat=False)
 
     @app.post("/v1/feedback", dependencies=KeyDep)
     async def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
@@ -133,17 +140,8 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     return app
 
 
-async def _respond(
-    request: Request,
-    service: Service,
-    body: ChatCompletionRequest | CompletionRequest,
-    served: Served,
-    prompt: str,
-    max_tokens: int,
-    *,
-    chat: bool,
-) -> Response:
-    params = SamplingParams(
+def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -151,7 +149,17 @@ async def _respond(
         seed=body.seed,
         logprobs=body.logprob_count,
     )
-    generation_request = await asyncio.to_thread(service.prepare, prompt, served.version, params)
+
+
+async def _respond(
+    request: Request,
+    service: Service,
+    body: ChatCompletionRequest | CompletionRequest,
+    served: Served,
+    generation_request: GenerationRequest,
+    *,
+    chat: bool,
+) -> Response:
     metrics: Metrics = request.app.state.metrics
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     started = time.perf_counter()

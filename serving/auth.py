@@ -27,7 +27,8 @@ def _holds(token: str | None, keys: Iterable[str]) -> bool:
     return token is not None and any(matches)
 
 
-def check_key(request: Request) -> None:
+async def check_key(request: Request) -> None:
+    # Dependencies are async, though they never wait: FastAPI runs a sync one in a thread.
     clients: frozenset[str] = request.app.state.client_keys
     admins: frozenset[str] = request.app.state.admin_keys
     if (clients or admins) and not _holds(_presented(request), clients | admins):
@@ -56,8 +57,8 @@ def check_mix(request: Request, names: Iterable[str], allowed: frozenset[str]) -
         )
 
 
-def check_admin(request: Request) -> None:
-    check_key(request)
+async def check_admin(request: Request) -> None:
+    await check_key(request)
     if not is_admin(request):
         raise SwitchboardError(
             ErrorCode.FORBIDDEN, "changing the registry needs an admin key (SWITCHBOARD_ADMIN_KEYS)"

@@ -13,7 +13,8 @@ from serving.auth import check_key
 from serving.service import Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async though it never waits: FastAPI would run a sync dependency in a thread.
     if not request.app.state.ready:
         raise SwitchboardError(ErrorCode.CAPACITY, "the server is starting")
     service: Service = request.app.state.service
@@ -26,8 +27,8 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 KeyDep = [Depends(check_key)]
 
 
-def get_registry(request: Request) -> Registry:
-    return get_service(request).registry
+async def get_registry(request: Request) -> Registry:
+    return (await get_service(request)).registry
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -177,6 +177,20 @@ class Service:
             self._specs[version.served_name] = spec
         return spec
 
+    def admit(
+        self,
+        model: str,
+        request: str | list[dict[str, str]],
+        mix: list[tuple[str, float]],
+        headers: Mapping[str, str],
+        params: SamplingParams,
+    ) -> tuple[Served, GenerationRequest]:
+        """What serves a request (a prompt, or chat messages rendered by the base's template),
+        and the generation to submit: the blocking part of a request, in one call."""
+        served = self.resolve(model, request, mix, headers)
+        prompt = request if isinstance(request, str) else self.engine.tokens.render_chat(request)
+        return served, self.prepare(prompt, served.version, params)
+
     def prepare(
         self, prompt: str, version: VersionInfo | None, params: SamplingParams
     ) -> GenerationRequest:
