@@ -2,14 +2,19 @@
 
     python -m bench.router [--part all|cross|intents|latency] [--sdist FILE] [--out DIR] [--json]
 
-- cross: routes are the demo domains' training requests (50 per domain, the sample the
-  trainer stores in each manifest) plus 50 general negatives (`base`); test requests for the
-  same domains come from *other* public tasks, phrased differently, plus general requests
-  from tasks that belong to no domain. Every method is run uncalibrated and with per-route
-  thresholds calibrated on the domains' held-out split (same source as the routes, never
-  the test). Targets: accuracy >= 0.90, fallback recall >= 0.90, false fallback <= 0.05.
-- intents: BIG-bench `intent_recognition` (SNIPS, 7 intents): 10 examples per intent are
-  the routes, the rest the test. Target >= 0.95.
+- cross: two cross-source sets, and each method's worst over them (defaults are chosen by
+  the worst set). `demo`: routes are the demo domains' training requests (50 per domain, the
+  sample the trainer stores in each manifest) plus 50 general negatives (`base`); test
+  requests for the same domains come from *other* public tasks, phrased differently, plus
+  general requests from tasks that belong to no domain. `paired`: nothing from the demo
+  data; each route's examples come from one BIG-bench task and its test from another task of
+  the same domain (chess, units, physics, dates, movies), general test requests from three
+  more tasks. Every method is run uncalibrated and with per-route thresholds calibrated on
+  the held-out split of the routes' own sources (never the test). Targets: accuracy >= 0.90,
+  fallback recall >= 0.90, false fallback <= 0.05.
+- intents: BIG-bench `intent_recognition` (SNIPS, 7 intents, no `base` examples): 10
+  examples per intent are the routes, the rest the test, over three splits; each method with
+  its default threshold and with none. Target: mean >= 0.95, never below centroid.
 - latency: p50/p99 of one decision for a short query; scoring time at 10, 1,000 and 10,000
   routes; the registry change check each decision makes.
 Data: the `bigbench` sdist from PyPI (358 MB, downloaded once into $SWITCHBOARD_HOME/cache).
@@ -81,6 +86,23 @@ NEGATIVE_SOURCES = [
     "hhh_alignment/honest",
     "hhh_alignment/other",
 ]
+# A second cross-source set, none of it from the project's demo data: each route's examples
+# come from one BIG-bench task and its test requests from another task of the same domain,
+# phrased and formatted differently; general requests for the test from tasks of their own.
+PAIRED_ROUTES: dict[str, tuple[str, str]] = {  # route -> (examples' task, test's task)
+    "chess": ("checkmate_in_one", "chess_state_tracking/real_short"),
+    "units": ("unit_conversion/si_conversion", "unit_interpretation/lv1"),
+    "physics": ("physics", "physics_questions"),
+    "dates": ("date_understanding", "temporal_sequences"),
+    "movies": ("movie_recommendation", "emoji_movie"),
+}
+PAIRED_GENERAL = [
+    ("simple_ethical_questions", 40),
+    ("sports_understanding", 40),
+    ("social_support", 40),
+]
+SNIPS_SPLITS = (1, 2, 3)
+CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"  # seeds of the 10-shot splits
 _SPEAKER_1 = re.compile(r"Speaker 1: '(.*?)' Speaker 2")
 
 
@@ -94,6 +116,8 @@ def _request(task: str, text: str) -> str | None:
         return general_request(text)
     if task == "movie_recommendation":
         return f"Find a movie similar to {text.rstrip(':')}"
+    if task == "sports_understanding":
+        return f"Is this plausible? {text}"
     return text.removeprefix("Question: ").removeprefix("Utterance: ").strip()
 
 
@@ -118,8 +142,31 @@ def _jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+def _negatives(tasks: Tasks, rng: random.Random) -> list[str]:
+    """General requests for the routes' `base` examples (50) and the calibration split."""
+    negatives = sorted({r for t in NEGATIVE_SOURCES for r in tasks.requests(t, 100, rng)})
+    negatives += tasks.requests("qa_wikidata", 40, rng)
+    rng.shuffle(negatives)
+    return negatives
+
+
+def _write(
+    out: Path,
+    routes: list[dict[str, str]],
+    held_out: list[dict[str, str]],
+    test: list[dict[str, str]],
+) -> tuple[Path, Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    return (
+        _jsonl(out / "routes.jsonl", routes),
+        _jsonl(out / "calibration.jsonl", held_out),
+        _jsonl(out / "test.jsonl", test),
+    )
+
+
 def build_cross_source(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
-    """routes.jsonl, calibration.jsonl (held-out, same sources), test.jsonl (other sources)."""
+    """The demo domains: routes.jsonl, calibration.jsonl (held-out, same sources),
+    test.jsonl (other sources)."""
     rng = random.Random(20261122)
     routes: list[dict[str, str]] = []
     held_out: list[dict[str, str]] = []
@@ -128,9 +175,7 @@ def build_cross_source(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
         routes += [{"name": domain, "text": t} for t in routing_sample(train, 50, seed=0)]
         held = load_jsonl(DATA / domain / "eval.jsonl").examples
         held_out += [{"text": t, "expected": domain} for t in routing_sample(held, 100, seed=0)]
-    negatives = sorted({r for t in NEGATIVE_SOURCES for r in tasks.requests(t, 100, rng)})
-    negatives += tasks.requests("qa_wikidata", 40, rng)
-    rng.shuffle(negatives)
+    negatives = _negatives(tasks, rng)
     routes += [{"name": "base", "text": t} for t in negatives[:50]]
     held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
     test = [
@@ -139,12 +184,33 @@ def build_cross_source(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
         for task, count in sources
         for text in tasks.requests(task, count, rng)
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    return (
-        _jsonl(out / "routes.jsonl", routes),
-        _jsonl(out / "calibration.jsonl", held_out),
-        _jsonl(out / "test.jsonl", test),
-    )
+    return _write(out, routes, held_out, test)
+
+
+def build_paired(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
+    """`PAIRED_ROUTES`: each route's examples and calibration split from one task, its test
+    requests from another; general test requests from `PAIRED_GENERAL`."""
+    rng = random.Random(20261124)
+    routes: list[dict[str, str]] = []
+    held_out: list[dict[str, str]] = []
+    test: list[dict[str, str]] = []
+    for route, (source, target) in PAIRED_ROUTES.items():
+        pool = tasks.requests(source, 150, rng)
+        routes += [{"name": route, "text": t} for t in pool[:50]]
+        held_out += [{"text": t, "expected": route} for t in pool[50:]]
+        test += [{"text": t, "expected": route} for t in tasks.requests(target, 60, rng)]
+    negatives = _negatives(tasks, rng)
+    routes += [{"name": "base", "text": t} for t in negatives[:50]]
+    held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
+    test += [
+        {"text": t, "expected": "base"}
+        for task, count in PAIRED_GENERAL
+        for t in tasks.requests(task, count, rng)
+    ]
+    return _write(out, routes, held_out, test)
+
+
+CROSS_SETS = {"demo": build_cross_source, "paired": build_paired}
 
 
 def _row(method: str, how: str, report: Report) -> dict[str, Any]:
@@ -159,10 +225,11 @@ def _row(method: str, how: str, report: Report) -> dict[str, Any]:
     }
 
 
-def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
+def _cross_rows(
+    encoder: Encoder, routes: Path, held_out_file: Path, test_file: Path
+) -> list[dict[str, Any]]:
     from router.files import read_labelled
 
-    routes, held_out_file, test_file = build_cross_source(tasks, out)
     held_out, test = read_labelled(held_out_file), read_labelled(test_file)
     rows = []
     for method in METHODS:
@@ -173,30 +240,80 @@ def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
         tuned = Router(FileRoutes(routes, fitted), encoder, policy, method=method)
         rows.append(_row(method, "calibrated", evaluate(tuned, test)))
         rows.append(_row(method, "held-out (same source)", evaluate(tuned, held_out)))
-    return {"files": str(out), "results": rows}
+    return rows
+
+
+def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
+    """Every method on every cross-source set, and each method's worst over the sets (what
+    defaults are chosen by)."""
+    sets: dict[str, list[dict[str, Any]]] = {}
+    for name, build in CROSS_SETS.items():
+        # The demo set's files stay at the top of `out`: --part latency reads its routes.
+        sets[name] = _cross_rows(encoder, *build(tasks, out if name == "demo" else out / name))
+    worst = []
+    for i, row in enumerate(sets["demo"]):
+        if row["thresholds"].startswith("held-out"):
+            continue
+        rows = [results[i] for results in sets.values()]
+        worst.append(
+            {
+                "method": row["method"],
+                "thresholds": row["thresholds"],
+                "accuracy": min(r["accuracy"] for r in rows),
+                "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
+                "fallback_recall": min(r["fallback_recall"] for r in rows),
+                "false_fallback_rate": max(r["false_fallback_rate"] for r in rows),
+            }
+        )
+    return {"sets": sets, "worst": worst}
+
+
+def _intent_split(
+    by_intent: dict[str, list[str]], seed: int
+) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    """10 examples per intent as routes, the rest as the test."""
+    rng = random.Random(seed)
+    routes: list[dict[str, str]] = []
+    test: list[tuple[str, str]] = []
+    for intent, texts in sorted(by_intent.items()):
+        shuffled = sorted(texts)
+        rng.shuffle(shuffled)
+        routes += [{"name": intent, "text": t} for t in shuffled[:10]]
+        test += [(t, intent) for t in shuffled[10:]]
+    return routes, test
 
 
 def intents(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
+    """SNIPS 10-shot over `SNIPS_SPLITS`: no `base` examples and every test row has an intent,
+    so any fallback is an error. Each method with its default threshold, and without one
+    (pure classification)."""
     by_intent: dict[str, list[str]] = {}
     for example in tasks.inputs("intent_recognition"):
         scores = example["target_scores"]
         text = _request("intent_recognition", example["input"])
         if text:
             by_intent.setdefault(max(scores, key=scores.get), []).append(text)
-    rng = random.Random(7)
-    routes, test = [], []
-    for intent, texts in sorted(by_intent.items()):
-        rng.shuffle(texts)
-        routes += [{"name": intent, "text": t} for t in texts[:10]]
-        test += [{"text": t, "expected": intent} for t in texts[10:]]
     out.mkdir(parents=True, exist_ok=True)
-    routes_file = _jsonl(out / "intent-routes.jsonl", routes)
     rows = []
-    for method in METHODS:  # every test row has an intent: no threshold, pure classification
-        router = Router(FileRoutes(routes_file), encoder, Policy(threshold=0.0), method=method)
-        report = evaluate(router, [(r["text"], r["expected"]) for r in test])
-        rows.append({"method": method, "accuracy": report.accuracy, "n": report.n})
-    return {"intents": len(by_intent), "routes": len(routes), "results": rows}
+    for seed in SNIPS_SPLITS:
+        routes, test = _intent_split(by_intent, seed)
+        routes_file = _jsonl(out / f"intent-routes-{seed}.jsonl", routes)
+        for method in METHODS:
+            for how, threshold in (("default", DEFAULT_THRESHOLD[method]), ("none", 0.0)):
+                policy = Policy(threshold=threshold)
+                report = evaluate(
+                    Router(FileRoutes(routes_file), encoder, policy, method=method), test
+                )
+                rows.append(
+                    {
+                        "split": seed,
+                        "method": method,
+                        "thresholds": how,
+                        "accuracy": report.accuracy,
+                        "n": report.n,
+                    }
+                )
+    return {"intents": len(by_intent), "splits": list(SNIPS_SPLITS), "results": rows}
 
 
 def _timings(fn: Any, runs: int) -> tuple[float, float]:
@@ -255,20 +372,38 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
 
 def _print(results: dict[str, Any]) -> None:
     if "cross" in results:
-        print("\ncross-source routing (targets: acc >= 0.90, fallback >= 0.90, false fb <= 0.05)")
-        print(
+        header = (
             f"{'method':9} {'thresholds':24} {'acc':>6} {'in-dom':>7} {'fb rec':>7} {'false fb':>8}"
         )
-        for r in results["cross"]["results"]:
+        for name, rows in results["cross"]["sets"].items():
+            print(f"\ncross-source set {name!r} (targets: {CROSS_TARGETS})")
+            print(header)
+            for r in rows:
+                print(
+                    f"{r['method']:9} {r['thresholds']:24} {r['accuracy']:6.3f} "
+                    f"{r['in_domain_accuracy']:7.3f} {r['fallback_recall']:7.3f} "
+                    f"{r['false_fallback_rate']:8.3f}"
+                )
+        print("\nworst over the cross-source sets (what a default is chosen by)")
+        print(
+            f"{'method':9} {'thresholds':24} {'acc':>6} {'mean':>6} {'fb rec':>7} {'false fb':>8}"
+        )
+        for r in results["cross"]["worst"]:
             print(
                 f"{r['method']:9} {r['thresholds']:24} {r['accuracy']:6.3f} "
-                f"{r['in_domain_accuracy']:7.3f} {r['fallback_recall']:7.3f} "
+                f"{r['mean_accuracy']:6.3f} {r['fallback_recall']:7.3f} "
                 f"{r['false_fallback_rate']:8.3f}"
             )
     if "intents" in results:
-        print("\nfew-shot intents, 10 examples per intent (target >= 0.95)")
-        for r in results["intents"]["results"]:
-            print(f"  {r['method']:9} accuracy {r['accuracy']:.3f} (n={r['n']})")
+        found = results["intents"]
+        print(f"\nfew-shot intents, 10 examples per intent, splits {found['splits']}")
+        print("(target: mean >= 0.95, never below centroid)")
+        cells: dict[tuple[str, str], list[float]] = {}
+        for r in found["results"]:
+            cells.setdefault((r["method"], r["thresholds"]), []).append(r["accuracy"])
+        for (method, how), values in cells.items():
+            shown = "  ".join(f"{v:.3f}" for v in values)
+            print(f"  {method:9} threshold {how:8} {shown}  mean {sum(values) / len(values):.3f}")
     if "latency" in results:
         lat = results["latency"]
         print(
