@@ -4,12 +4,12 @@
     python -m bench.fleet [--adapters 16] [--overhead-requests 100] [--seconds 60]
                           [--clients 8] [--json]
 
-All real processes on 127.0.0.1: vLLM's OpenAI server with Switchboard's resolver plugin
-(two of them), and `switchboard serve --upstream … --upstream …`, over one registry of
-`--adapters` LoRA adapters.
-- overhead: a gateway over one upstream; the same one-token request straight to the upstream
-  (model = the served name) and through the gateway (model = the adapter's name), in pairs; p50/p99 of each and the median
-  of the pairs' differences (target: p50 ≤ 3 ms added beyond routing);
+All real processes on 127.0.0.1: vLLM's OpenAI servers with Switchboard's resolver plugin,
+and `switchboard serve --upstream …` in front of them, over one registry of `--adapters`
+LoRA adapters.
+- overhead: a gateway over one upstream; the same one-token request straight to the
+  upstream (model = the served name) and through the gateway (model = the adapter's name),
+  in pairs; p50/p99 of each and the median of the pairs' differences (target: p50 ≤ 3 ms added beyond routing);
 - policies: for affinity, then round-robin, a fresh pair of upstreams and a gateway; --clients
   clients send requests for adapters drawn at random for --seconds: adapter loads per
   upstream (each a checkout and a load into vLLM) and tokens/s.
