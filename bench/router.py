@@ -101,8 +101,8 @@ PAIRED_GENERAL = [
     ("sports_understanding", 40),
     ("social_support", 40),
 ]
-SNIPS_SPLITS = (1, 2, 3)
-CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"  # seeds of the 10-shot splits
+SNIPS_SPLITS = (1, 2, 3)  # seeds of the 10-shot splits
+CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"
 _SPEAKER_1 = re.compile(r"Speaker 1: '(.*?)' Speaker 2")
 
 
@@ -142,12 +142,15 @@ def _jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def _negatives(tasks: Tasks, rng: random.Random) -> list[str]:
-    """General requests for the routes' `base` examples (50) and the calibration split."""
+def _add_negatives(
+    tasks: Tasks, rng: random.Random, routes: list[dict[str, str]], held_out: list[dict[str, str]]
+) -> None:
+    """General requests: 50 as the routes' `base` examples, 100 for the calibration split."""
     negatives = sorted({r for t in NEGATIVE_SOURCES for r in tasks.requests(t, 100, rng)})
     negatives += tasks.requests("qa_wikidata", 40, rng)
     rng.shuffle(negatives)
-    return negatives
+    routes += [{"name": "base", "text": t} for t in negatives[:50]]
+    held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
 
 
 def _write(
@@ -175,9 +178,7 @@ def build_cross_source(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
         routes += [{"name": domain, "text": t} for t in routing_sample(train, 50, seed=0)]
         held = load_jsonl(DATA / domain / "eval.jsonl").examples
         held_out += [{"text": t, "expected": domain} for t in routing_sample(held, 100, seed=0)]
-    negatives = _negatives(tasks, rng)
-    routes += [{"name": "base", "text": t} for t in negatives[:50]]
-    held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
+    _add_negatives(tasks, rng, routes, held_out)
     test = [
         {"text": text, "expected": label}
         for label, sources in TEST_SOURCES.items()
@@ -199,9 +200,7 @@ def build_paired(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
         routes += [{"name": route, "text": t} for t in pool[:50]]
         held_out += [{"text": t, "expected": route} for t in pool[50:]]
         test += [{"text": t, "expected": route} for t in tasks.requests(target, 60, rng)]
-    negatives = _negatives(tasks, rng)
-    routes += [{"name": "base", "text": t} for t in negatives[:50]]
-    held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
+    _add_negatives(tasks, rng, routes, held_out)
     test += [
         {"text": t, "expected": "base"}
         for task, count in PAIRED_GENERAL
