@@ -2,16 +2,13 @@
 
     python -m bench.router [--part all|cross|intents|latency] [--sdist FILE] [--out DIR] [--json]
 
-- cross: two cross-source sets, and each method's worst over them (defaults are chosen by
-  the worst set). `demo`: routes are the demo domains' training requests (50 per domain, the
-  sample the trainer stores in each manifest) plus 50 general negatives (`base`); test
-  requests for the same domains come from *other* public tasks, phrased differently, plus
-  general requests from tasks that belong to no domain. `paired`: nothing from the demo
-  data; each route's examples come from one BIG-bench task and its test from another task of
-  the same domain (chess, units, physics, dates, movies), general test requests from three
-  more tasks. Every method is run uncalibrated and with per-route thresholds calibrated on
-  the held-out split of the routes' own sources (never the test). Targets: accuracy >= 0.90,
-  fallback recall >= 0.90, false fallback <= 0.05.
+- cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
+  held out: reported apart, never used to choose), and each method's worst over the others
+  (defaults are chosen by the worst set). In each, the routes' examples come from one source
+  and the test requests for the same routes from others, phrased differently, plus general
+  requests that belong to no route. Every method is run uncalibrated and with per-route
+  thresholds calibrated on the held-out split of the routes' own sources (never the test).
+  Targets: accuracy >= 0.90, fallback recall >= 0.90, false fallback <= 0.05.
 - intents: BIG-bench `intent_recognition` (SNIPS, 7 intents, no `base` examples): 10
   examples per intent are the routes, the rest the test, over three splits; each method with
   its default threshold and with none. Target: mean >= 0.95, never below centroid.
@@ -24,11 +21,10 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import sys
-import tarfile
 import tempfile
 import time
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,180 +32,18 @@ import numpy as np
 import typer
 
 from bench._common import HomeOption
+from bench.router_sets import HELD_OUT, SET_NAMES, Tasks, build, jsonl, request_from
 from registry import Registry, RegistrySettings
 from router.decision import Policy
 from router.encoder import Encoder
 from router.evaluate import Report, calibrate, evaluate
-from router.router import FileRoutes, Router
+from router.router import FileRoutes, Route, Router
 from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
-from switchboard.demo_data import BIGBENCH, DOMAINS, general_request
+from switchboard.demo_data import BIGBENCH
 from switchboard.pypi import download
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-
-# Test sources per domain: (task, how many, how a request is made from the task's input).
-# Chosen for label validity: every request plainly belongs to its domain (e.g. numeric
-# physics problems are left out of `science`: they are math word problems as much).
-TEST_SOURCES: dict[str, list[tuple[str, int]]] = {
-    "math": [
-        ("arithmetic/2_digit_multiplication", 10),
-        ("arithmetic/3_digit_subtraction", 10),
-        ("arithmetic/2_digit_division", 10),
-        ("chinese_remainder_theorem", 15),
-        ("mathematical_induction", 15),
-    ],
-    "sql": [("semantic_parsing_in_context_sparc", 60)],
-    "science": [
-        ("natural_instructions/subtask047_misc_answering_science_questions", 30),
-        ("periodic_elements/subtask_0", 7),
-        ("periodic_elements/subtask_1", 8),
-        ("physical_intuition", 15),
-    ],
-    "code": [("code_line_description", 30), ("auto_debugging", 30)],
-    "dialogue": [("implicatures", 60)],
-    "base": [
-        ("known_unknowns", 20),
-        ("riddle_sense", 20),
-        ("intent_recognition", 30),
-        ("movie_recommendation", 15),
-        ("social_iqa", 20),
-        ("english_proverbs", 15),
-    ],
-}
-# Negatives for the routes and the calibration split: general requests from other tasks.
-NEGATIVE_SOURCES = [
-    "hhh_alignment/helpful",
-    "hhh_alignment/harmless",
-    "hhh_alignment/honest",
-    "hhh_alignment/other",
-]
-# A second cross-source set, none of it from the project's demo data: each route's examples
-# come from one BIG-bench task and its test requests from another task of the same domain,
-# phrased and formatted differently; general requests for the test from tasks of their own.
-PAIRED_ROUTES: dict[str, tuple[str, str]] = {  # route -> (examples' task, test's task)
-    "chess": ("checkmate_in_one", "chess_state_tracking/real_short"),
-    "units": ("unit_conversion/si_conversion", "unit_interpretation/lv1"),
-    "physics": ("physics", "physics_questions"),
-    "dates": ("date_understanding", "temporal_sequences"),
-    "movies": ("movie_recommendation", "emoji_movie"),
-}
-PAIRED_GENERAL = [
-    ("simple_ethical_questions", 40),
-    ("sports_understanding", 40),
-    ("social_support", 40),
-]
 SNIPS_SPLITS = (1, 2, 3)  # seeds of the 10-shot splits
 CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"
-_SPEAKER_1 = re.compile(r"Speaker 1: '(.*?)' Speaker 2")
-
-
-def _request(task: str, text: str) -> str | None:
-    """A task input as a user would send it (task framing removed)."""
-    text = text.strip()
-    if task == "implicatures":  # the first speaker's turn is the chit-chat request
-        found = _SPEAKER_1.match(text)
-        return found.group(1) if found else None
-    if task.startswith("hhh_alignment"):
-        return general_request(text)
-    if task == "movie_recommendation":
-        return f"Find a movie similar to {text.rstrip(':')}"
-    if task == "sports_understanding":
-        return f"Is this plausible? {text}"
-    return text.removeprefix("Question: ").removeprefix("Utterance: ").strip()
-
-
-class Tasks:
-    def __init__(self, sdist: Path) -> None:
-        self.archive = tarfile.open(sdist)  # noqa: SIM115  (open for the whole run)
-
-    def inputs(self, task: str) -> list[dict[str, Any]]:
-        member = self.archive.extractfile(f"{TASKS}{task}/task.json")
-        assert member is not None, task
-        examples: list[dict[str, Any]] = json.load(member)["examples"]
-        return examples
-
-    def requests(self, task: str, count: int, rng: random.Random) -> list[str]:
-        made = [_request(task, e["input"]) for e in self.inputs(task)]
-        unique = sorted({" ".join(m.split()) for m in made if m})
-        return rng.sample(unique, min(count, len(unique)))
-
-
-def _jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
-
-
-def _add_negatives(
-    tasks: Tasks, rng: random.Random, routes: list[dict[str, str]], held_out: list[dict[str, str]]
-) -> None:
-    """General requests: 50 as the routes' `base` examples, 100 for the calibration split."""
-    negatives = sorted({r for t in NEGATIVE_SOURCES for r in tasks.requests(t, 100, rng)})
-    negatives += tasks.requests("qa_wikidata", 40, rng)
-    rng.shuffle(negatives)
-    routes += [{"name": "base", "text": t} for t in negatives[:50]]
-    held_out += [{"text": t, "expected": "base"} for t in negatives[50:150]]
-
-
-def _write(
-    out: Path,
-    routes: list[dict[str, str]],
-    held_out: list[dict[str, str]],
-    test: list[dict[str, str]],
-) -> tuple[Path, Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    return (
-        _jsonl(out / "routes.jsonl", routes),
-        _jsonl(out / "calibration.jsonl", held_out),
-        _jsonl(out / "test.jsonl", test),
-    )
-
-
-def build_cross_source(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
-    """The demo domains: routes.jsonl, calibration.jsonl (held-out, same sources),
-    test.jsonl (other sources)."""
-    rng = random.Random(20261122)
-    routes: list[dict[str, str]] = []
-    held_out: list[dict[str, str]] = []
-    for domain in DOMAINS:
-        train = load_jsonl(DATA / domain / "train.jsonl").examples
-        routes += [{"name": domain, "text": t} for t in routing_sample(train, 50, seed=0)]
-        held = load_jsonl(DATA / domain / "eval.jsonl").examples
-        held_out += [{"text": t, "expected": domain} for t in routing_sample(held, 100, seed=0)]
-    _add_negatives(tasks, rng, routes, held_out)
-    test = [
-        {"text": text, "expected": label}
-        for label, sources in TEST_SOURCES.items()
-        for task, count in sources
-        for text in tasks.requests(task, count, rng)
-    ]
-    return _write(out, routes, held_out, test)
-
-
-def build_paired(tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
-    """`PAIRED_ROUTES`: each route's examples and calibration split from one task, its test
-    requests from another; general test requests from `PAIRED_GENERAL`."""
-    rng = random.Random(20261124)
-    routes: list[dict[str, str]] = []
-    held_out: list[dict[str, str]] = []
-    test: list[dict[str, str]] = []
-    for route, (source, target) in PAIRED_ROUTES.items():
-        pool = tasks.requests(source, 150, rng)
-        routes += [{"name": route, "text": t} for t in pool[:50]]
-        held_out += [{"text": t, "expected": route} for t in pool[50:]]
-        test += [{"text": t, "expected": route} for t in tasks.requests(target, 60, rng)]
-    _add_negatives(tasks, rng, routes, held_out)
-    test += [
-        {"text": t, "expected": "base"}
-        for task, count in PAIRED_GENERAL
-        for t in tasks.requests(task, count, rng)
-    ]
-    return _write(out, routes, held_out, test)
-
-
-CROSS_SETS = {"demo": build_cross_source, "paired": build_paired}
 
 
 def _row(method: str, how: str, report: Report) -> dict[str, Any]:
@@ -243,17 +77,18 @@ def _cross_rows(
 
 
 def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
-    """Every method on every cross-source set, and each method's worst over the sets (what
-    defaults are chosen by)."""
+    """Every method on every cross-source set, and each method's worst over the sets that
+    choose defaults (all but `HELD_OUT`, which is reported apart)."""
     sets: dict[str, list[dict[str, Any]]] = {}
-    for name, build in CROSS_SETS.items():
+    for name in SET_NAMES:
         # The demo set's files stay at the top of `out`: --part latency reads its routes.
-        sets[name] = _cross_rows(encoder, *build(tasks, out if name == "demo" else out / name))
+        files = build(name, tasks, out if name == "demo" else out / name)
+        sets[name] = _cross_rows(encoder, *files)
     worst = []
     for i, row in enumerate(sets["demo"]):
         if row["thresholds"].startswith("held-out"):
             continue
-        rows = [results[i] for results in sets.values()]
+        rows = [results[i] for name, results in sets.items() if name != HELD_OUT]
         worst.append(
             {
                 "method": row["method"],
@@ -264,7 +99,7 @@ def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
                 "false_fallback_rate": max(r["false_fallback_rate"] for r in rows),
             }
         )
-    return {"sets": sets, "worst": worst}
+    return {"sets": sets, "worst": worst, "held_out_set": HELD_OUT}
 
 
 def _intent_split(
@@ -289,14 +124,14 @@ def intents(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
     by_intent: dict[str, list[str]] = {}
     for example in tasks.inputs("intent_recognition"):
         scores = example["target_scores"]
-        text = _request("intent_recognition", example["input"])
+        text = request_from("intent_recognition", example["input"])
         if text:
             by_intent.setdefault(max(scores, key=scores.get), []).append(text)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in SNIPS_SPLITS:
         routes, test = _intent_split(by_intent, seed)
-        routes_file = _jsonl(out / f"intent-routes-{seed}.jsonl", routes)
+        routes_file = jsonl(out / f"intent-routes-{seed}.jsonl", routes)
         for method in METHODS:
             for how, threshold in (("default", DEFAULT_THRESHOLD[method]), ("none", 0.0)):
                 policy = Policy(threshold=threshold)
@@ -313,6 +148,102 @@ def intents(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
                     }
                 )
     return {"intents": len(by_intent), "splits": list(SNIPS_SPLITS), "results": rows}
+
+
+class _LabelledRoutes:
+    """A routes file plus labels given so far (a route source whose state moves with them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = FileRoutes(path)
+        self.labels: list[tuple[str, str]] = []
+
+    def state(self) -> Hashable:
+        return len(self.labels)
+
+    def resolve(self, ref: str) -> Any:
+        return self.file.resolve(ref)
+
+    def load(self, scores_key: str) -> list[Route]:
+        extra: dict[str, list[str]] = {}
+        for text, route in self.labels:
+            extra.setdefault(route, []).append(text)
+        return [
+            Route(r.name, r.target, (), (*r.extra_examples, *extra.get(r.name, ())))
+            for r in self.file.load(scores_key)
+        ]
+
+
+def review_loop(
+    encoder: Encoder, tasks: Tasks, out: Path, rounds: int = 4, per_route: int = 5
+) -> dict[str, Any]:
+    """The review loop, simulated: each round routes a set's whole test stream, then labels
+    the `per_route` most uncertain unlabelled requests per route they went to (with their true
+    route, as an operator would), which become examples. Accuracy on the whole stream and on
+    the requests not labelled yet, against labels spent."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name in SET_NAMES:
+        routes, _, test_file = build(name, tasks, out / "loop" / name)
+        from router.files import read_labelled
+
+        test = read_labelled(test_file)
+        source = _LabelledRoutes(routes)
+        router = Router(source, encoder)
+        labelled: set[int] = set()
+        curve = []
+        for round_ in range(rounds + 1):
+            decisions = router.decide_texts([t for t, _ in test])
+            right = [d.route == expected for d, (_, expected) in zip(decisions, test, strict=True)]
+            rest = [ok for i, ok in enumerate(right) if i not in labelled]
+            curve.append(
+                {
+                    "round": round_,
+                    "labels": len(labelled),
+                    "labels_per_route": len(labelled) / max(len(router.routes), 1),
+                    "accuracy": sum(right) / len(right),
+                    "unlabelled_accuracy": sum(rest) / max(len(rest), 1),
+                }
+            )
+            if round_ == rounds:
+                break
+            by_route: dict[str, list[tuple[float, int]]] = {}
+            for i, d in enumerate(decisions):
+                if i not in labelled:
+                    margin = d.margin if d.margin is not None else float("inf")
+                    by_route.setdefault(d.route, []).append((margin, i))
+            for candidates in by_route.values():
+                for _, i in sorted(candidates)[:per_route]:
+                    labelled.add(i)
+                    source.labels.append(test[i])
+        curves[name] = curve
+    plot = out / "review-loop.png"
+    _plot_loop(curves, plot)
+    return {"rounds": rounds, "per_route": per_route, "curves": curves, "plot": str(plot)}
+
+
+def _plot_loop(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        held = " (held out)" if name == HELD_OUT else ""
+        ax.plot(
+            [c["labels_per_route"] for c in curve],
+            [c["accuracy"] for c in curve],
+            marker="o",
+            label=name + held,
+        )
+    ax.axhline(0.97, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("labels spent per route")
+    ax.set_ylabel("accuracy on the whole stream")
+    ax.set_title("Review loop: the 5 most uncertain requests per route labelled per round")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _timings(fn: Any, runs: int) -> tuple[float, float]:
@@ -375,7 +306,8 @@ def _print(results: dict[str, Any]) -> None:
             f"{'method':9} {'thresholds':24} {'acc':>6} {'in-dom':>7} {'fb rec':>7} {'false fb':>8}"
         )
         for name, rows in results["cross"]["sets"].items():
-            print(f"\ncross-source set {name!r} (targets: {CROSS_TARGETS})")
+            held = " (held out: not used to choose)" if name == HELD_OUT else ""
+            print(f"\ncross-source set {name!r}{held} (targets: {CROSS_TARGETS})")
             print(header)
             for r in rows:
                 print(
@@ -383,7 +315,7 @@ def _print(results: dict[str, Any]) -> None:
                     f"{r['in_domain_accuracy']:7.3f} {r['fallback_recall']:7.3f} "
                     f"{r['false_fallback_rate']:8.3f}"
                 )
-        print("\nworst over the cross-source sets (what a default is chosen by)")
+        print(f"\nworst over the cross-source sets but {HELD_OUT!r} (what a default is chosen by)")
         print(
             f"{'method':9} {'thresholds':24} {'acc':>6} {'mean':>6} {'fb rec':>7} {'false fb':>8}"
         )
@@ -403,6 +335,18 @@ def _print(results: dict[str, Any]) -> None:
         for (method, how), values in cells.items():
             shown = "  ".join(f"{v:.3f}" for v in values)
             print(f"  {method:9} threshold {how:8} {shown}  mean {sum(values) / len(values):.3f}")
+    if "loop" in results:
+        loop = results["loop"]
+        print(
+            f"\nreview loop: per round, the {loop['per_route']} most uncertain requests per "
+            f"route labelled (target: >= 0.97 with <= 20 per route); plot {loop['plot']}"
+        )
+        rounds = range(loop["rounds"] + 1)
+        print(f"{'set':10} " + " ".join(f"{'round ' + str(r):>14}" for r in rounds))
+        for name, curve in loop["curves"].items():
+            points = " ".join(f"{c['accuracy']:.3f} ({c['labels_per_route']:4.1f})" for c in curve)
+            print(f"{name:10} {points}")
+        print("(accuracy on the whole stream; in brackets, labels spent per route)")
     if "latency" in results:
         lat = results["latency"]
         print(
@@ -423,7 +367,7 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(
-    part: Annotated[str, typer.Option(help="all, cross, intents or latency")] = "all",
+    part: Annotated[str, typer.Option(help="all, cross, intents, loop or latency")] = "all",
     sdist: Annotated[Path | None, typer.Option(help="The bigbench sdist, if at hand.")] = None,
     out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
         "bench-router-data"
@@ -434,12 +378,14 @@ def main(
     cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
     encoder = Encoder()
     results: dict[str, Any] = {"encoder": str(encoder.path)}
-    if part in ("all", "cross", "intents"):
+    if part in ("all", "cross", "intents", "loop"):
         tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)
         if part in ("all", "intents"):
             results["intents"] = intents(encoder, tasks, out)
+        if part in ("all", "loop"):
+            results["loop"] = review_loop(encoder, tasks, out)
     if part in ("all", "latency"):
         if not (out / "routes.jsonl").exists():
             sys.exit("latency needs the routes file: run --part cross first")

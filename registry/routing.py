@@ -175,8 +175,9 @@ class RouteStore:
     # ---- thresholds -----------------------------------------------------------------------
 
     def set_thresholds(self, encoder: str, thresholds: dict[str, tuple[float, int]]) -> None:
-        """Store `{route: (threshold, held-out examples it was fitted on)}` for an encoder,
-        replacing what that encoder had."""
+        """Store `{route: (threshold, held-out examples it was fitted on)}` for the scores they
+        were fitted on (`encoder`: an opaque key naming an encoder and its scoring), replacing
+        what that key had."""
         for route in thresholds:
             validate_route(route)
         now = datetime.now(UTC)

@@ -101,8 +101,27 @@ class RouteExampleRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RouteDecisionRow(Base):
+    """A routing decision the server logged (`SWITCHBOARD_ROUTE_LOG`), with the request's text,
+    how sure the router was, and the route an operator labelled it with, once reviewed."""
+
+    __tablename__ = "route_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    route: Mapped[str] = mapped_column(String(63))
+    in_domain: Mapped[float | None] = mapped_column(Float, nullable=True)
+    margin: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    scores: Mapped[str] = mapped_column(Text)  # JSON {route: score}, best first
+    label: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    labelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class RouteThresholdRow(Base):
-    """A calibrated confidence threshold for one route, valid for one encoder."""
+    """A calibrated threshold for one route, valid for the scores it was fitted on: `encoder`
+    is a key naming an encoder and how its scores were made (the router's `scores_key`)."""
 
     __tablename__ = "route_thresholds"
 

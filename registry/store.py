@@ -40,6 +40,7 @@ from registry.manifest import (
 from registry.migrate import ensure_schema
 from registry.records import AdapterSummary, VerifyResult, VersionInfo
 from registry.refs import MIX_PREFIX, AdapterRef, served_name, validate_name
+from registry.route_log import DecisionLog
 from registry.routing import RouteStore
 from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
 from registry.settings import RegistrySettings
@@ -69,6 +70,7 @@ class Registry:
         ensure_schema(self._engine)  # created at the newest revision, or refused if behind
         self._writer: Engine = writer(self._engine)
         self.routes = RouteStore(self._engine, self._writer)
+        self.decisions = DecisionLog(self._engine, self._writer, self.routes)
         self.experiments = ExperimentStore(self._engine, self._writer)
 
     def close(self) -> None:

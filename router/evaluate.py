@@ -69,12 +69,12 @@ def evaluate(router: Router, rows: list[tuple[str, str]]) -> Report:
 
 
 def calibrate(router: Router, rows: list[tuple[str, str]]) -> dict[str, tuple[float, int]]:
-    """Per route, the score threshold that makes the most held-out decisions right.
+    """Per route, the in-domain threshold that makes the most held-out decisions right.
 
-    For the rows whose best route is R, a threshold t sends those scoring below t to the
-    base: right for rows labelled base, wrong for rows labelled R. The threshold is put
-    halfway between the two scores where the count of right answers peaks. Returns
-    {route: (threshold, rows it was fitted on)} for routes with held-out rows.
+    For the rows whose best route is R, a threshold t sends those whose in-domain score is
+    below t to the base: right for rows labelled base, wrong for rows labelled R. The
+    threshold is put halfway between the two scores where the count of right answers peaks.
+    Returns {route: (threshold, rows it was fitted on)} for routes with held-out rows.
     """
     check_labels(router, rows)
     if not router.index().classes:
@@ -82,11 +82,9 @@ def calibrate(router: Router, rows: list[tuple[str, str]]) -> dict[str, tuple[fl
     by_route: dict[str, list[tuple[float, str]]] = {}
     decisions = router.decide_texts([text for text, _ in rows])
     for (_, expected), decision in zip(rows, decisions, strict=True):
-        ranked = [(r, s) for r, s in decision.scores.items() if r != BASE_ROUTE]  # best first
-        if not ranked or decision.scores.get(BASE_ROUTE, -1.0) >= ranked[0][1]:
-            continue  # the base class wins whatever the threshold
-        route, score = ranked[0]
-        by_route.setdefault(route, []).append((score, expected))
+        best = next((r for r in decision.scores if r != BASE_ROUTE), None)  # best first
+        if best is not None and decision.in_domain is not None:
+            by_route.setdefault(best, []).append((decision.in_domain, expected))
     thresholds = {}
     for route, scored in by_route.items():
         scored.sort()

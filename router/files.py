@@ -6,11 +6,14 @@ is used.
 - labelled test file: `{"text": ..., "expected": ROUTE or "base"}` per line.
 - examples file (`route add-examples NAME FILE`): `{"text": ...}` per line; a `name`, if
   present, must be NAME (so a routes file filtered to one route is accepted as is).
+- labels file (`route label --file`): `{"id": LOGGED DECISION ID, "route": ROUTE or "base"}`
+  per line (`route review --json` lists the ids).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +23,18 @@ from registry.routing import validate_route
 _SHOWN = 5
 
 
-def _rows(path: Path, fields: dict[str, str]) -> list[dict[str, str]]:
-    """Rows with every field in `fields` (field -> what it means) a non-empty string."""
+def _rows(
+    path: Path, fields: dict[str, str], check: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Rows with every field in `fields` (field -> what it means) a non-empty string, and
+    that `check` finds nothing wrong with (it returns what is wrong, or None)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise SwitchboardError(ErrorCode.NOT_FOUND, f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SwitchboardError(ErrorCode.INVALID_INPUT, f"cannot read {path}: {exc}") from exc
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     problems: list[str] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -50,11 +56,14 @@ def _rows(path: Path, fields: dict[str, str]) -> list[dict[str, str]]:
             problems.append(f"line {number}: missing or empty {', '.join(bad)}")
             continue
         try:
-            for field in ("name", "expected"):
+            for field in ("name", "expected", "route"):
                 if field in row:
                     validate_route(row[field])
         except SwitchboardError as exc:
             problems.append(f"line {number}: {exc.message}")
+            continue
+        if check is not None and (wrong := check(row)) is not None:
+            problems.append(f"line {number}: {wrong}")
             continue
         rows.append({k: v.strip() if isinstance(v, str) else v for k, v in row.items()})
     if problems:
@@ -94,3 +103,16 @@ def read_examples(path: Path, route: str) -> list[str]:
             "split the file or drop its `name` fields",
         )
     return [row["text"] for row in rows]
+
+
+def _decision_id(row: dict[str, Any]) -> str | None:
+    value = row.get("id")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "'id' must be a logged decision's id (a positive integer)"
+    return None
+
+
+def read_labels(path: Path) -> list[tuple[int, str]]:
+    """(logged decision id, route) pairs."""
+    rows = _rows(path, {"route": 'the right route, or "base"'}, _decision_id)
+    return [(row["id"], row["route"]) for row in rows]

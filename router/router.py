@@ -7,6 +7,7 @@ A rebuild embeds only texts it has not seen (see `cache.py`) and refits the scor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -51,7 +52,7 @@ class Route:
 class RouteSource(Protocol):
     def state(self) -> Hashable: ...
 
-    def load(self, encoder: Encoder) -> list[Route]: ...
+    def load(self, scores_key: str) -> list[Route]: ...
 
     def resolve(self, ref: str) -> VersionInfo: ...
 
@@ -75,11 +76,11 @@ class RegistryRoutes:
     def resolve(self, ref: str) -> VersionInfo:
         return self.registry.resolve(ref)
 
-    def load(self, encoder: Encoder) -> list[Route]:
+    def load(self, scores_key: str) -> list[Route]:
         extra: dict[str, list[str]] = {}
         for example in self.registry.routes.examples():
             extra.setdefault(example.route, []).append(example.text)
-        thresholds = self.registry.routes.thresholds(encoder.identity)
+        thresholds = self.registry.routes.thresholds(scores_key)
         routes = []
         for summary in self.registry.list_adapters():
             try:
@@ -142,7 +143,7 @@ class FileRoutes:
             ErrorCode.INVALID_INPUT, f"routes from {self.path} name no versions; use `auto`"
         )
 
-    def load(self, encoder: Encoder) -> list[Route]:
+    def load(self, scores_key: str) -> list[Route]:
         return [
             Route(name, RouteTarget(None, self.thresholds.get(name)), (), tuple(texts))
             for name, texts in self.examples.items()
@@ -196,11 +197,20 @@ class Router:
         state = self.source.state()
         with self._lock:
             if self._index is None or state != self._state:
-                self._index = _Index(self.source.load(self.encoder), self.cache, self.method)
+                routes = self.source.load(self.scores_key)
+                self._index = _Index(routes, self.cache, self.method)
                 self._state = state
                 self.rebuilds += 1
                 log.info("router index: %d classes", len(self._index.classes))
             return self._index
+
+    @property
+    def scores_key(self) -> str:
+        """What calibrated thresholds are valid for: this encoder's in-domain scores of this
+        method (thresholds fitted on another encoder's, method's or an older scoring's scores
+        do not apply)."""
+        what = f"{self.encoder.identity}/{self.method}/in-domain"
+        return hashlib.sha256(what.encode()).hexdigest()
 
     @property
     def routes(self) -> dict[str, Route]:
@@ -226,14 +236,30 @@ class Router:
                 for p in prepared
             ]
         scores = index.scorer.scores(self.encoder.encode([p.text for p in prepared]))
+        gates = index.scorer.in_domain(scores)
         decisions = []
-        for p, row in zip(prepared, scores, strict=True):
-            kind, choices, reason = self.policy.decide(index.classes, row, index.targets)
+        for p, row, gate in zip(prepared, scores, gates, strict=True):
+            kind, choices, reason = self.policy.decide(index.classes, row, gate, index.targets)
             ranked = dict(
                 sorted(zip(index.classes, row.tolist(), strict=True), key=lambda kv: -kv[1])
             )
+            routes = [(c, v) for c, v in ranked.items() if c != BASE_ROUTE]
+            in_domain = margin = None
+            if routes:  # the best route's gate, and how near the decision came to another
+                top = routes[0][0]
+                in_domain = float(gate[index.classes.index(top)])
+                margin = self.policy.margin(routes, in_domain, index.targets[top])
             decisions.append(
-                Decision(kind, choices, ranked, reason, truncated=p.truncated, tokens=p.tokens)
+                Decision(
+                    kind,
+                    choices,
+                    ranked,
+                    in_domain,
+                    margin,
+                    reason,
+                    truncated=p.truncated,
+                    tokens=p.tokens,
+                )
             )
         return decisions
 

@@ -1,7 +1,10 @@
-"""How a request is scored against the routes: one score in [0, 1] per class.
+"""How a request is scored against the routes, and how far it belongs to them.
 
 Classes are the route names, plus `base` when there are negative examples. Each scorer is
-fitted on the example vectors (unit length) and scores a batch of queries at once.
+fitted on the example vectors (unit length) and scores a batch of queries at once: one score
+in [0, 1] per class (which route fits best), and from those one *in-domain* score per route
+(does the request belong to that route rather than to the base?). The policy picks the route
+by the first and gates it by the second: two questions, answered apart.
 
 - `linear` (default): multinomial logistic regression on the embeddings, with `base` as a
   class of its own. Measured best on requests phrased unlike the examples (bench/router.py),
@@ -16,11 +19,13 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from registry.routing import BASE_ROUTE
+
 Method = Literal["linear", "centroid", "knn"]
 METHODS: tuple[Method, ...] = ("linear", "centroid", "knn")
-# Uncalibrated thresholds, per method (a probability, a cosine, a vote share), chosen on the
-# demo domains' held-out examples; `switchboard route calibrate` fits one per route.
-DEFAULT_THRESHOLD: dict[Method, float] = {"linear": 0.25, "centroid": 0.2, "knn": 0.5}
+# Uncalibrated thresholds on the in-domain score, per method (a probability against the base,
+# a cosine, a vote share); `switchboard route calibrate` fits one per route.
+DEFAULT_THRESHOLD: dict[Method, float] = {"linear": 0.5, "centroid": 0.2, "knn": 0.5}
 
 
 class Scorer(Protocol):
@@ -30,9 +35,19 @@ class Scorer(Protocol):
 
     def scores(self, queries: np.ndarray) -> np.ndarray: ...
 
+    def in_domain(self, scores: np.ndarray) -> np.ndarray: ...
+
 
 def _classes(labels: list[str]) -> list[str]:
     return sorted(set(labels))
+
+
+def _unless_base_wins(classes: list[str], scores: np.ndarray) -> np.ndarray:
+    """A similarity as the in-domain score, zeroed where the base examples are as close."""
+    if BASE_ROUTE not in classes:
+        return scores
+    base = scores[:, [classes.index(BASE_ROUTE)]]
+    return np.where(scores > base, scores, 0.0)
 
 
 class CentroidScorer:
@@ -49,6 +64,9 @@ class CentroidScorer:
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         return np.clip(queries @ self._centroids.T, 0.0, 1.0)
+
+    def in_domain(self, scores: np.ndarray) -> np.ndarray:
+        return _unless_base_wins(self.classes, scores)
 
 
 class KnnScorer:
@@ -74,10 +92,25 @@ class KnnScorer:
         total = votes.sum(axis=1, keepdims=True)
         return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
 
+    def in_domain(self, scores: np.ndarray) -> np.ndarray:
+        return _unless_base_wins(self.classes, scores)
+
+
+# A lone route without `base` examples has nothing to be told apart from: its in-domain score
+# weighs its cosine against this one, so 0.5 means a cosine of 0.25 (the old default there).
+SINGLE_ROUTE_BASE_COSINE = 0.25
+
 
 class LinearScorer:
     """Softmax over a linear map of the embedding. With a single class there is nothing to
-    discriminate: it scores by centroid similarity instead, so the threshold still decides."""
+    discriminate: it scores by centroid similarity instead, so the threshold still decides.
+
+    A route's in-domain score is its probability against the base alone, p_r / (p_r + p_base):
+    a ratio of two softmax terms depends on those two logits only, so it means the same at 2
+    routes and at 500 (a threshold on p_r itself sinks as routes are added and split the
+    mass). With no `base` examples it is the route's odds against the best route, p_r / p_top:
+    nothing speaks against the best route, and a mix partner must be near as likely as it.
+    """
 
     def __init__(self, c: float = 1.0) -> None:
         self.c = c
@@ -123,6 +156,14 @@ class LinearScorer:
         logits -= logits.max(axis=1, keepdims=True)
         odds = np.exp(logits)
         return odds / odds.sum(axis=1, keepdims=True)
+
+    def in_domain(self, scores: np.ndarray) -> np.ndarray:
+        if self._single is not None:  # its cosine against a notional base at a fixed cosine
+            return scores / np.maximum(scores + SINGLE_ROUTE_BASE_COSINE, 1e-30)
+        if BASE_ROUTE in self.classes:
+            against = scores[:, [self.classes.index(BASE_ROUTE)]]
+            return scores / np.maximum(scores + against, 1e-30)
+        return scores / scores.max(axis=1, keepdims=True)
 
 
 def make_scorer(method: Method) -> Scorer:

@@ -1,13 +1,15 @@
 """Registry changes over HTTP, for operators (admin key required once keys are configured):
-move and remove aliases (promote a version, roll back), add and remove routing examples.
+move and remove aliases (promote a version, roll back), add and remove routing examples,
+review logged routing decisions and label them (the review loop).
 Publishing stays with the CLI and the Python API, which have the adapter files at hand."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.refs import MAX_VERSION
@@ -22,6 +24,12 @@ router = APIRouter(prefix="/v1/admin", dependencies=[Depends(check_admin)], tags
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1, le=MAX_VERSION, strict=True)  # 1e23 is not a version
+
+
+class LabelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    route: str = Field(min_length=1, max_length=63)
+    source: str = "api"
 
 
 class ExamplesBody(BaseModel):
@@ -65,3 +73,33 @@ async def remove_examples(
     """Remove the examples named by `?id=…` (repeatable), or all of the route's without."""
     removed = await asyncio.to_thread(registry.routes.remove_examples, route, ids)
     return {"route": route, "removed": removed}
+
+
+@router.get("/route-decisions")
+async def review_decisions(
+    registry: RegistryDep,
+    uncertain: bool = False,
+    since: datetime | None = None,
+    labelled: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """Logged routing decisions, most uncertain first (`switchboard route review`)."""
+    found = await asyncio.to_thread(
+        registry.decisions.review,
+        uncertain=uncertain,
+        since=since,
+        labelled=labelled,
+        limit=limit,
+    )
+    return {"decisions": [d.to_json() for d in found]}
+
+
+@router.post("/route-decisions/{decision_id}/label")
+async def label_decision(
+    decision_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)], body: LabelBody, registry: RegistryDep
+) -> Any:
+    """The route this request should have taken: its text becomes an example of it, live."""
+    labelled = await asyncio.to_thread(
+        registry.decisions.label, decision_id, body.route, body.source
+    )
+    return labelled.to_json()

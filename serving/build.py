@@ -9,6 +9,7 @@ from pathlib import Path
 
 from registry.errors import ErrorCode, SwitchboardError
 from registry.records import VersionInfo
+from serving.decision_log import DecisionRecorder
 from serving.engine import Engine
 from serving.service import Service, unservable
 from serving.settings import EngineSettings, ServerSettings
@@ -39,6 +40,9 @@ def build_service(settings: ServerSettings) -> Service:
         base,
         mix_step=settings.mix_weight_step,
         max_mixes=settings.max_mixes,
+        record=None
+        if settings.route_log == "off"
+        else DecisionRecorder(registry.decisions, settings.route_log, settings.route_log_sample),
     )
 
 

@@ -15,7 +15,8 @@ from registry.experiments.model import Arm, Experiment
 from registry.records import VersionInfo
 from registry.store import Registry
 from router.decision import Choice, Decision
-from router.router import Router
+from router.router import Router, request_text
+from serving.decision_log import DecisionRecorder
 from serving.engine import (
     AdapterSpec,
     Engine,
@@ -81,6 +82,7 @@ class Service:
     base: BaseModelInfo
     mix_step: float = WEIGHT_STEP
     max_mixes: int = 32
+    record: DecisionRecorder | None = None  # logs routed decisions for review
     _specs: dict[str, AdapterSpec] = field(default_factory=dict)
     _mixes_used: dict[str, float] = field(default_factory=dict)  # served name -> last use
     _experiments: dict[str, Experiment] = field(default_factory=dict)  # by adapter name
@@ -104,6 +106,8 @@ class Service:
             )
         else:
             decision = self.router.decide(request, model=model)
+            if model == "auto" and self.record is not None:
+                self.record(request_text(request), decision)
         if decision.kind == "base":
             return Served(decision, None)
         if decision.kind == "mix":

@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field, field_validator
 from registry.settings import RegistrySettings
 from router.settings import RouterSettings
 
+LogMode = Literal["off", "sample", "uncertain", "all"]
+
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM sizes its buffers for
 
 
@@ -91,6 +93,14 @@ class ServerSettings(RegistrySettings, RouterSettings, EngineSettings):
     )
     feedback_per_minute: float | None = Field(
         default=None, gt=0, description="per API key (or address): feedback posts a minute"
+    )
+    route_log: LogMode = Field(
+        default="off",
+        description="routing decisions logged for review, with their request text: off, "
+        "sample, uncertain or all (`switchboard route review`)",
+    )
+    route_log_sample: float = Field(
+        default=0.05, gt=0, le=1, description="the share of decisions logged in `sample` mode"
     )
     mix_allow: list[str] = Field(
         default_factory=list,

@@ -42,15 +42,30 @@ def _fill(registry: Registry, base: BaseModelInfo, lora: Path, lora_2: Path) -> 
     )
     registry.experiments.record("resp-1", experiment, experiment.arms[1], 0.25, 11, 7)
     registry.experiments.feedback("resp-1", thumbs_up=True, score=0.8, label="good")
+    logged = registry.decisions.record(
+        "Can a landlord keep my deposit?", "adapter", "legal", 0.93, 0.4, {"legal": 0.9}
+    )
+    registry.decisions.label(logged, "legal", "tests")
 
 
-def _dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every registry table, in a stable order."""
+# Tables added by 0004: a downgrade below it drops them, rows and all.
+LATER_TABLES = {"route_decisions"}
+
+
+def _dump(engine: Engine, skip: frozenset[str] = frozenset()) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every registry table (but `skip`), in a stable order."""
     with engine.connect() as conn:
         return {
             table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
             for table in Base.metadata.sorted_tables
+            if table.name not in skip
         }
+
+
+def _after_downgrade(records: dict[str, list[tuple[Any, ...]]], to: str) -> dict[str, Any]:
+    """The rows left after a downgrade to `to` and back up: later tables come back empty."""
+    dropped = LATER_TABLES if to < "0004" else set()
+    return {name: [] if name in dropped else rows for name, rows in records.items()}
 
 
 def _filled(
@@ -90,13 +105,13 @@ def test_a_new_database_is_created_at_the_newest_revision(database_url: str, hom
     Registry(database_url, home).close()
     engine = open_engine(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0003"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0004"
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     engine.dispose()
     Registry(database_url, home).close()  # and opens again as it is
     result = _cli(database_url, home, "registry", "upgrade", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"from": "0003", "to": "0003", "changed": False}
+    assert json.loads(result.stdout) == {"from": "0004", "to": "0004", "changed": False}
 
 
 def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_record(
@@ -107,7 +122,8 @@ def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_recor
 
     _to(engine, BASELINE)
     assert "ix_route_examples_route" in _indexes(engine, "route_examples")
-    assert _dump(engine) == records
+    kept = {name: rows for name, rows in records.items() if name not in LATER_TABLES}
+    assert _dump(engine, frozenset(LATER_TABLES)) == kept
 
     with pytest.raises(SwitchboardError) as refused:
         Registry(database_url, home)
@@ -121,10 +137,10 @@ def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_recor
 
     upgraded = _cli(database_url, home, "registry", "upgrade", "--json")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0003", "changed": True}
+    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0004", "changed": True}
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     assert "ix_adapter_versions_adapter_id" not in _indexes(engine, "adapter_versions")
-    assert _dump(engine) == records
+    assert _dump(engine) == _after_downgrade(records, BASELINE)
     engine.dispose()
 
     registry = Registry(database_url, home)  # and it serves as before
@@ -149,7 +165,7 @@ def test_a_registry_from_before_migrations_is_the_baseline(
     with pytest.raises(SwitchboardError, match="from before migrations, this Switchboard needs"):
         Registry(database_url, home)
     assert upgrade(engine) == (BASELINE, head())
-    assert _dump(engine) == records
+    assert _dump(engine) == _after_downgrade(records, BASELINE)
     assert upgrade(engine) == (head(), head())  # nothing left to do
     engine.dispose()
 
@@ -235,7 +251,8 @@ def test_upgrading_to_one_feedback_per_response_keeps_each_responses_first(
         assert conn.scalar(text("SELECT count(*) FROM feedback")) == 4
     with writer(engine).begin() as conn:
         command.upgrade(_config(conn), "head")
-    assert _dump(engine) == records  # the first (the original) stays, the repeats are gone
+    # The first feedback (the original) stays, the repeats are gone.
+    assert _dump(engine) == _after_downgrade(records, "0002")
     assert "ix_feedback_response_id" in _indexes(engine, "feedback")
     engine.dispose()
     registry = Registry(database_url, home)

@@ -130,9 +130,9 @@ def test_negative_examples_send_requests_to_the_base(
 ) -> None:
     publish(registry, lora_dir, "math", tiny_base, requests("math", "train", 30))
     publish(registry, lora_dir_2, "sql", tiny_base, requests("sql", "train", 30))
-    router = Router(RegistryRoutes(registry), encoder, Policy(threshold=0.0))
+    router = Router(RegistryRoutes(registry), encoder)
     weather = "Will it rain in Oslo tomorrow afternoon?"
-    assert router.decide(weather).kind == "adapter"  # no negatives yet: some adapter wins
+    assert router.decide(weather).kind == "adapter"  # no negatives: nothing speaks for base
     added = registry.routes.add_examples(
         "base",
         [
@@ -144,8 +144,8 @@ def test_negative_examples_send_requests_to_the_base(
     )
     assert added == len(GENERAL_REQUESTS) + 2
     decision = router.decide(weather)
-    assert decision.kind == "base"
-    assert "base" in decision.reason
+    assert decision.kind == "base" and decision.in_domain is not None
+    assert f"in-domain {decision.in_domain:.3f} < threshold 0.500" in decision.reason
     # Bad additions and removals are refused whole: nothing changes.
     for texts in (["fine", "   "], ["x" * 20_001]):
         with pytest.raises(SwitchboardError) as bad:
@@ -187,30 +187,32 @@ def _version(name: str, method: str = "lora", base: str = "b1") -> VersionInfo:
 def test_mixing_policy_weights_and_guards() -> None:
     classes = ["base", "code", "math", "sql", "chat"]
     scores = np.array([0.05, 0.10, 0.45, 0.30, 0.10])
+    in_domain = np.array([0.0, 0.67, 0.90, 0.86, 0.67])
     targets = {
         "code": RouteTarget(_version("code", base="b2")),  # another base: never mixed in
         "math": RouteTarget(_version("math")),
         "sql": RouteTarget(_version("sql")),
         "chat": RouteTarget(_version("chat", method="prefix")),
     }
-    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, scores, targets)
+    mixing = Policy(top_k=3)
+    kind, choices, _ = mixing.decide(classes, scores, in_domain, targets)
     assert kind == "mix" and [c.route for c in choices] == ["math", "sql"]
     weights = [c.weight for c in choices]
     assert sum(weights) == pytest.approx(1.0) and weights == pytest.approx([0.6, 0.4])
-    _, hot, _ = Policy(threshold=0.05, top_k=3, temperature=0.5).decide(classes, scores, targets)
-    _, flat, _ = Policy(threshold=0.05, top_k=3, temperature=4.0).decide(classes, scores, targets)
+    _, hot, _ = Policy(top_k=3, temperature=0.5).decide(classes, scores, in_domain, targets)
+    _, flat, _ = Policy(top_k=3, temperature=4.0).decide(classes, scores, in_domain, targets)
     assert hot[0].weight > choices[0].weight > flat[0].weight > 0.5
     # A prefix adapter on top is served alone: a mix is one LoRA.
     prefix_top = np.array([0.05, 0.10, 0.30, 0.10, 0.45])
-    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, prefix_top, targets)
+    kind, choices, _ = mixing.decide(classes, prefix_top, in_domain, targets)
     assert kind == "adapter" and choices[0].route == "chat"
-    # A calibrated threshold keeps a weak second route out of the mix.
-    targets["sql"] = RouteTarget(_version("sql"), threshold=0.35)
-    kind, choices, _ = Policy(threshold=0.05, top_k=3).decide(classes, scores, targets)
+    # A calibrated threshold keeps a second route that is less surely in its domain out.
+    targets["sql"] = RouteTarget(_version("sql"), threshold=0.88)
+    kind, choices, _ = mixing.decide(classes, scores, in_domain, targets)
     assert kind == "adapter" and choices[0].route == "math"
-    # Below its threshold the top route gives way to the base.
-    kind, _, reason = Policy(threshold=0.5).decide(classes, scores, targets)
-    assert kind == "base" and "threshold" in reason
+    # Below its threshold the top route gives way to the base, however well it scores.
+    kind, _, reason = Policy(threshold=0.95).decide(classes, scores, in_domain, targets)
+    assert kind == "base" and "in-domain 0.900 < threshold 0.950" in reason
 
 
 def test_bad_input_is_refused_clearly(two_routes: Registry, encoder: Encoder) -> None:
@@ -288,7 +290,10 @@ def test_evaluation_and_calibration_on_real_requests(
     assert set(thresholds) <= {"math", "sql"} and thresholds
     for threshold, rows in thresholds.values():
         assert 0.0 <= threshold <= 1.0 and rows > 0
-    two_routes.routes.set_thresholds(encoder.identity, thresholds)
+    # Thresholds fitted on other scores (another method's, an older scoring's) do not apply.
+    two_routes.routes.set_thresholds(encoder.identity, {r: (0.99, 1) for r in thresholds})
+    assert all(router.routes[r].target.threshold is None for r in thresholds)
+    two_routes.routes.set_thresholds(router.scores_key, thresholds)
     for route, (threshold, _) in thresholds.items():  # non-empty (asserted above)
         assert router.routes[route].target.threshold == threshold
     for route in {"math", "sql"} - set(thresholds):  # not calibrated: the policy's default
@@ -336,3 +341,83 @@ def test_linear_scoring_picks_planted_routes_among_ten_thousand() -> None:
     assert scores.shape == (3, 10_000)
     assert list(scores.argmax(axis=1)) == planted
     assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+
+
+# General requests of kinds the `base` examples do not show, for the gate tests.
+UNSEEN_GENERAL = [
+    "Who wrote the novel Pride and Prejudice?",
+    "What should I pack for a week of hiking in Scotland?",
+    "How many players are on a rugby union team?",
+    "Can you suggest a birthday present for my grandmother?",
+    "What is the tallest mountain in Africa?",
+    "Recommend a board game for four players.",
+    "How do I care for a basil plant on a windowsill?",
+    "What are some good stretches after running?",
+    "Which countries border Switzerland?",
+    "Give me a recipe for a simple tomato soup.",
+]
+
+
+def _module_routes(count: int) -> dict[str, list[str]]:
+    """`count` routes of code requests, one per stdlib module: many routes much alike."""
+    from switchboard.demo_data import stdlib_functions
+
+    by_module: dict[str, list[str]] = {}
+    for row in stdlib_functions():
+        request = row["messages"][0]["content"]
+        module = request.split("(as in `")[1].split("`")[0]
+        by_module.setdefault(module, []).append(request)
+    roomy = sorted(m for m, texts in by_module.items() if len(texts) >= 4)
+    return {
+        "py-" + m.lower().replace(".", "-").replace("_", "-")[:40]: by_module[m][:4]
+        for m in roomy[:count]
+    }
+
+
+def _routes_file(path: Path, routes: dict[str, list[str]]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"name": n, "text": t}) + "\n" for n, ts in routes.items() for t in ts)
+    )
+    return path
+
+
+def test_one_gate_threshold_holds_from_two_routes_to_fifty(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """The default threshold means the same as routes are added (here 2, 5, then 5 + 40 code
+    routes much alike): domain requests keep passing the gate, general ones keep failing it."""
+    from switchboard.demo_data import DOMAINS
+
+    domains = {d: requests(d, "train", 30) for d in DOMAINS}
+    fillers = _module_routes(40)
+    assert len(fillers) == 40
+    held = [(t, d) for d in ("math", "sql") for t in requests(d, "eval", 20)]
+    for routes in (
+        {d: domains[d] for d in ("math", "sql")},
+        domains,
+        {**domains, **fillers},
+    ):
+        path = _routes_file(tmp_path / "routes.jsonl", {**routes, "base": GENERAL_REQUESTS})
+        router = Router(FileRoutes(path), encoder)
+        report = evaluate(router, held + [(t, "base") for t in UNSEEN_GENERAL])
+        assert report.in_domain_accuracy is not None and report.in_domain_accuracy >= 0.95, (
+            len(routes),
+            report.confusion,
+        )
+        assert report.fallback_recall is not None and report.fallback_recall >= 0.7, (
+            len(routes),
+            report.confusion,
+        )
+
+
+def test_routes_without_base_examples_route_every_request(tmp_path: Path, encoder: Encoder) -> None:
+    """No `base` examples: nothing speaks for the base, so no request falls back to it, and
+    few examples per route (a flat softmax) do not make the gate give way."""
+    from switchboard.demo_data import DOMAINS
+
+    path = _routes_file(tmp_path / "routes.jsonl", {d: requests(d, "train", 5) for d in DOMAINS})
+    held = [(t, d) for d in DOMAINS for t in requests(d, "eval", 20)]
+    report = evaluate(Router(FileRoutes(path), encoder), held)
+    assert report.false_fallback_rate == 0.0
+    centroid = Router(FileRoutes(path), encoder, Policy(threshold=0.2), method="centroid")
+    assert report.accuracy >= evaluate(centroid, held).accuracy

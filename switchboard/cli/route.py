@@ -1,10 +1,11 @@
-"""`switchboard route …`: decide, evaluate, calibrate, and manage examples.
+"""`switchboard route …`: decide, evaluate, calibrate, manage examples, review and label.
 
 `switchboard route TEXT` is the decision itself; the other words are subcommands.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -144,7 +145,7 @@ def calibrate_command(
     dry_run: Annotated[bool, typer.Option(help="Show the thresholds, store nothing.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit each route's confidence threshold on held-out examples and store it."""
+    """Fit each route's in-domain threshold on held-out examples and store it."""
     from router.evaluate import calibrate
     from router.files import read_labelled
 
@@ -154,7 +155,7 @@ def calibrate_command(
     with busy(f"scoring {len(rows)} held-out requests…"):
         thresholds = calibrate(router, rows)
     if not dry_run:
-        registry.routes.set_thresholds(router.encoder.identity, thresholds)
+        registry.routes.set_thresholds(router.scores_key, thresholds)
     result = {
         "encoder": router.encoder.identity,
         "stored": not dry_run,
@@ -230,6 +231,94 @@ def remove_examples(
         raise typer.BadParameter("name examples with --id, or pass --all")
     removed = open_registry(ctx).routes.remove_examples(name, None if remove_all else ids)
     emit({"route": name, "removed": removed}, as_json, f"{name}: {removed} example(s) removed")
+
+
+def _since(value: str | None) -> datetime | None:
+    """An ISO date or time (UTC unless it says), or an age: `30m`, `12h`, `7d`."""
+    if value is None:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1:] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither an ISO date/time nor an age like 30m, 12h, 7d",
+            param_hint="--since",
+        ) from None
+
+
+@route_app.command("review")
+def review(
+    ctx: typer.Context,
+    uncertain: Annotated[
+        bool, typer.Option("--uncertain", help="Only decisions that nearly went otherwise.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Logged since: an ISO date/time, or an age (12h, 7d).")
+    ] = None,
+    labelled: Annotated[
+        bool, typer.Option("--labelled", help="Include decisions already labelled.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Logged routing decisions (server with SWITCHBOARD_ROUTE_LOG), most uncertain first;
+    label them with `route label ID ROUTE`."""
+    found = open_registry(ctx).decisions.review(
+        uncertain=uncertain, since=_since(since), labelled=labelled, limit=limit
+    )
+    if as_json:
+        emit([d.to_json() for d in found], True)
+        return
+    print_table(
+        "routing decisions to review (most uncertain first)",
+        ["id", "routed to", "in-domain", "margin", "runner-up", "label", "text"],
+        [
+            [
+                d.id,
+                d.route,
+                "" if d.in_domain is None else f"{d.in_domain:.3f}",
+                "" if d.margin is None else f"{d.margin:.3f}",
+                next((r for r in list(d.scores)[1:] if r != d.route), ""),
+                d.label or "",
+                " ".join(d.text.split())[:60],
+            ]
+            for d in found
+        ],
+    )
+
+
+@route_app.command("label")
+def label(
+    ctx: typer.Context,
+    decision_id: Annotated[
+        int | None, typer.Argument(metavar="ID", help="A logged decision's id.", min=1)
+    ] = None,
+    route: Annotated[
+        str | None, typer.Argument(help="The route it should have taken (or `base`).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help='JSONL, one {"id": …, "route": …} per line.')
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Label logged decisions: each request becomes an example of its route, live."""
+    from router.files import read_labels
+
+    if file is not None and decision_id is None and route is None:
+        labels, source = read_labels(file), f"label ({file})"
+    elif file is None and decision_id is not None and route is not None:
+        labels, source = [(decision_id, route)], "label"
+    else:
+        raise typer.BadParameter("give ID ROUTE, or --file FILE")
+    done = open_registry(ctx).decisions.label_many(labels, source)
+    emit(
+        [d.to_json() for d in done],
+        as_json,
+        "\n".join(f"{d.id}: labelled {d.label} (now an example of it)" for d in done),
+    )
 
 
 @route_app.command("list")
