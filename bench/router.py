@@ -1,17 +1,22 @@
 """Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
 
-    python -m bench.router [--part all|cross|intents|latency] [--sdist FILE] [--out DIR] [--json]
+    python -m bench.router [--part all|cross|intents|loop|scale|latency] [--sdist FILE] [--out DIR]
+                           [--json]
 
 - cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
   held out: reported apart, never used to choose), and each method's worst over the others
   (defaults are chosen by the worst set). In each, the routes' examples come from one source
   and the test requests for the same routes from others, phrased differently, plus general
-  requests that belong to no route. Every method is run uncalibrated and with per-route
-  thresholds calibrated on the held-out split of the routes' own sources (never the test).
+  requests that belong to no route. Every method is run uncalibrated, with per-route
+  thresholds calibrated on the held-out split of the routes' own sources (never the test), and
+  with route descriptions beside the examples; linear also with 5 examples per route, with and
+  without descriptions.
   Targets: accuracy >= 0.90, fallback recall >= 0.90, false fallback <= 0.05.
 - intents: BIG-bench `intent_recognition` (SNIPS, 7 intents, no `base` examples): 10
   examples per intent are the routes, the rest the test, over three splits; each method with
   its default threshold and with none. Target: mean >= 0.95, never below centroid.
+- scale: 100 and 1,000 BIG-bench tasks as routes, 20 requests each (`bench/router_scale.py`):
+  held-out requests of the routes, fallback recall on general requests, decision time, refit.
 - latency: p50/p99 of one decision for a short query; scoring time at 10, 1,000 and 10,000
   routes; the registry change check each decision makes.
 Data: the `bigbench` sdist from PyPI (358 MB, downloaded once into $SWITCHBOARD_HOME/cache).
@@ -32,7 +37,16 @@ import numpy as np
 import typer
 
 from bench._common import HomeOption
-from bench.router_sets import HELD_OUT, SET_NAMES, Tasks, build, jsonl, request_from
+from bench.router_scale import scale
+from bench.router_sets import (
+    HELD_OUT,
+    SET_NAMES,
+    Tasks,
+    build,
+    descriptions,
+    jsonl,
+    request_from,
+)
 from registry import Registry, RegistrySettings
 from router.decision import Policy
 from router.encoder import Encoder
@@ -58,12 +72,44 @@ def _row(method: str, how: str, report: Report) -> dict[str, Any]:
     }
 
 
+class MemoEncoder(Encoder):
+    """The encoder, each text encoded once per run: the benchmark builds many routers over
+    the same texts, and what it measures is routing, not encoding (timed apart, in latency)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        self._memo.update(zip(missing, super().encode(missing), strict=True))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts])
+
+
+FEW_SHOT = 5  # examples per route in the few-shot rows (`base` keeps all its examples)
+
+
+def _few_shot(routes: Path) -> Path:
+    """The routes file cut to `FEW_SHOT` examples per route."""
+    kept: dict[str, int] = {}
+    rows = []
+    for line in routes.read_text().splitlines():
+        row = json.loads(line)
+        kept[row["name"]] = kept.get(row["name"], 0) + 1
+        if row["name"] == "base" or kept[row["name"]] <= FEW_SHOT:
+            rows.append(row)
+    return jsonl(routes.with_name("few-shot-routes.jsonl"), rows)
+
+
 def _cross_rows(
-    encoder: Encoder, routes: Path, held_out_file: Path, test_file: Path
+    encoder: Encoder, name: str, routes: Path, held_out_file: Path, test_file: Path
 ) -> list[dict[str, Any]]:
     from router.files import read_labelled
 
     held_out, test = read_labelled(held_out_file), read_labelled(test_file)
+    described = descriptions(name)
     rows = []
     for method in METHODS:
         policy = Policy(threshold=DEFAULT_THRESHOLD[method])
@@ -73,6 +119,12 @@ def _cross_rows(
         tuned = Router(FileRoutes(routes, fitted), encoder, policy, method=method)
         rows.append(_row(method, "calibrated", evaluate(tuned, test)))
         rows.append(_row(method, "held-out (same source)", evaluate(tuned, held_out)))
+        with_text = Router(FileRoutes(routes, None, described), encoder, policy, method=method)
+        rows.append(_row(method, "default + descriptions", evaluate(with_text, test)))
+    few = _few_shot(routes)
+    for how, texts in ((f"{FEW_SHOT} examples", None), (f"{FEW_SHOT} + descriptions", described)):
+        router = Router(FileRoutes(few, None, texts), encoder)
+        rows.append(_row("linear", how, evaluate(router, test)))
     return rows
 
 
@@ -83,7 +135,7 @@ def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
     for name in SET_NAMES:
         # The demo set's files stay at the top of `out`: --part latency reads its routes.
         files = build(name, tasks, out if name == "demo" else out / name)
-        sets[name] = _cross_rows(encoder, *files)
+        sets[name] = _cross_rows(encoder, name, *files)
     worst = []
     for i, row in enumerate(sets["demo"]):
         if row["thresholds"].startswith("held-out"):
@@ -347,6 +399,20 @@ def _print(results: dict[str, Any]) -> None:
             points = " ".join(f"{c['accuracy']:.3f} ({c['labels_per_route']:4.1f})" for c in curve)
             print(f"{name:10} {points}")
         print("(accuracy on the whole stream; in brackets, labels spent per route)")
+    if "scale" in results:
+        found = results["scale"]
+        print(
+            f"\nscale: BIG-bench tasks as routes, {found['per_route']} requests each "
+            f"({found['qualifying_tasks']} tasks qualify); general requests must still go to base"
+        )
+        for r in found["results"]:
+            print(
+                f"  {r['routes']:>5} routes: own held-out requests {r['accuracy']:.3f} "
+                f"(to base {r['false_fallback_rate']:.3f}), fallback recall "
+                f"{r['fallback_recall']:.3f}, decision p50 {r['decision_p50_ms']:.1f} ms, "
+                f"refit {r['refit_s']:.1f} s"
+            )
+            print(f"        general requests went to: {r['general_went_to']}")
     if "latency" in results:
         lat = results["latency"]
         print(
@@ -367,7 +433,7 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(
-    part: Annotated[str, typer.Option(help="all, cross, intents, loop or latency")] = "all",
+    part: Annotated[str, typer.Option(help="all, cross, intents, loop, scale or latency")] = "all",
     sdist: Annotated[Path | None, typer.Option(help="The bigbench sdist, if at hand.")] = None,
     out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
         "bench-router-data"
@@ -376,9 +442,9 @@ def main(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
-    encoder = Encoder()
+    encoder = MemoEncoder()
     results: dict[str, Any] = {"encoder": str(encoder.path)}
-    if part in ("all", "cross", "intents", "loop"):
+    if part in ("all", "cross", "intents", "loop", "scale"):
         tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)
@@ -386,10 +452,12 @@ def main(
             results["intents"] = intents(encoder, tasks, out)
         if part in ("all", "loop"):
             results["loop"] = review_loop(encoder, tasks, out)
+        if part in ("all", "scale"):
+            results["scale"] = scale(Encoder(), tasks, out)  # decisions timed: no memo
     if part in ("all", "latency"):
         if not (out / "routes.jsonl").exists():
             sys.exit("latency needs the routes file: run --part cross first")
-        results["latency"] = latency(encoder, out)
+        results["latency"] = latency(Encoder(), out)  # timed: no memo
     if as_json:
         print(json.dumps(results, indent=2))
     else:

@@ -19,7 +19,7 @@ import json
 import random
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,18 @@ class TaskSet:
     seed: int
     routes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # route -> (examples', test's)
     general: tuple[tuple[str, int], ...]  # general test requests: (task, how many)
+    descriptions: dict[str, str]  # route -> what an operator would say it is for
+
+
+# Route descriptions as an operator would write them from the route's purpose (written before
+# any test set was scored with them, and not edited after).
+DEMO_DESCRIPTIONS = {
+    "math": "Math problems: arithmetic, algebra, word problems, equations and proofs.",
+    "sql": "Writing SQL queries against database tables and schemas.",
+    "science": "Science questions about physics, chemistry, biology and the natural world.",
+    "code": "Programming: writing, explaining and debugging Python code.",
+    "dialogue": "Casual conversation and replies in an everyday chat.",
+}
 
 
 TASK_SETS = {
@@ -90,6 +102,13 @@ TASK_SETS = {
             "movies": (("movie_recommendation",), ("emoji_movie",)),
         },
         (("simple_ethical_questions", 40), ("sports_understanding", 40), ("social_support", 40)),
+        {
+            "chess": "Chess: moves, positions, checkmates and games in algebraic notation.",
+            "units": "Converting and comparing units of measurement.",
+            "physics": "Physics problems and questions: forces, energy, motion, electricity.",
+            "dates": "Reasoning about dates, calendars, days and times.",
+            "movies": "Movies: recommendations, titles and films people like.",
+        },
     ),
     "styles": TaskSet(
         20261125,
@@ -103,6 +122,14 @@ TASK_SETS = {
             ),
         },
         (("strategyqa", 40), ("general_knowledge", 40), ("crass_ai", 40)),
+        {
+            "code": "Python code: what a program does, its output, errors and values.",
+            "editing": "Editing a text as instructed: rewrite, reorder, sort, replace or change "
+            "its words and grammar.",
+            "puzzles": "Logic puzzles: deduce the order or arrangement of people and objects "
+            "from clues.",
+            "factcheck": "Checking whether a claim or statement is true or false.",
+        },
     ),
     HELD_OUT: TaskSet(
         20261126,
@@ -115,6 +142,12 @@ TASK_SETS = {
             ),
         },
         (("topical_chat", 60), ("timedial", 60)),
+        {
+            "booking": "Booking and scheduling services in a chat: reservations, appointments, "
+            "tickets, rides, and their dates and times.",
+            "howto": "How to do everyday tasks: steps and instructions.",
+            "stories": "Short stories and narratives: what happens, who did it and why.",
+        },
     ),
 }
 
@@ -169,6 +202,23 @@ class Tasks:
     def __init__(self, sdist: Path) -> None:
         self.archive = tarfile.open(sdist)  # noqa: SIM115  (open for the whole run)
 
+    def each_task(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Every task (or subtask) and its examples, in one pass over the archive (reading
+        members out of order would decompress it again for each)."""
+        for member in self.archive:
+            if member.name.startswith(TASKS) and member.name.endswith("/task.json"):
+                data = self.archive.extractfile(member)
+                assert data is not None, member.name
+                examples = json.load(data).get("examples", [])
+                yield member.name[len(TASKS) : -len("/task.json")], examples
+
+    def requests_from(
+        self, task: str, examples: list[dict[str, Any]], count: int, rng: random.Random
+    ) -> list[str]:
+        made = [request_from(task, e["input"]) for e in examples if isinstance(e.get("input"), str)]
+        unique = sorted({" ".join(m.split()) for m in made if m})
+        return rng.sample(unique, min(count, len(unique)))
+
     def inputs(self, task: str) -> list[dict[str, Any]]:
         member = self.archive.extractfile(f"{TASKS}{task}/task.json")
         assert member is not None, task
@@ -176,9 +226,7 @@ class Tasks:
         return examples
 
     def requests(self, task: str, count: int, rng: random.Random) -> list[str]:
-        made = [request_from(task, e["input"]) for e in self.inputs(task)]
-        unique = sorted({" ".join(m.split()) for m in made if m})
-        return rng.sample(unique, min(count, len(unique)))
+        return self.requests_from(task, self.inputs(task), count, rng)
 
 
 def jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -265,3 +313,7 @@ def build(name: str, tasks: Tasks, out: Path) -> tuple[Path, Path, Path]:
 
 
 SET_NAMES = ("demo", *TASK_SETS)
+
+
+def descriptions(name: str) -> dict[str, str]:
+    return DEMO_DESCRIPTIONS if name == "demo" else TASK_SETS[name].descriptions

@@ -1,5 +1,6 @@
-"""What the router keeps in the registry: operator examples per route, calibrated thresholds,
-and a cheap token that changes whenever anything routing depends on changes.
+"""What the router keeps in the registry: operator examples and descriptions per route,
+calibrated thresholds, and a cheap token that changes whenever anything routing depends on
+changes.
 
 A route is named like the adapter it leads to; `base` names the route to no adapter, whose
 examples are the negatives (requests that must get the plain base).
@@ -21,12 +22,19 @@ from sqlalchemy.orm import Session
 from registry.db import as_utc
 from registry.errors import ErrorCode, SwitchboardError
 from registry.refs import validate_name
-from registry.schema import AliasRow, RouteExampleRow, RouteThresholdRow, VersionRow
+from registry.schema import (
+    AliasRow,
+    RouteDescriptionRow,
+    RouteExampleRow,
+    RouteThresholdRow,
+    VersionRow,
+)
 
 log = logging.getLogger(__name__)
 
 BASE_ROUTE = "base"
 MAX_EXAMPLE_CHARS = 20_000
+MAX_DESCRIPTION_CHARS = 1_000
 _ATTEMPTS = 5
 
 
@@ -69,6 +77,8 @@ def _state_query() -> Any:
         select(func.max(RouteExampleRow.id)),
         select(func.count()).select_from(RouteThresholdRow),
         select(func.max(RouteThresholdRow.calibrated_at)),
+        select(func.count()).select_from(RouteDescriptionRow),
+        select(func.max(RouteDescriptionRow.updated_at)),
     ]
     return select(*(part.scalar_subquery() for part in parts))
 
@@ -171,6 +181,37 @@ class RouteStore:
             removed = int(getattr(session.execute(query), "rowcount", 0))
         log.info("route %s: %d examples removed", route, removed)
         return removed
+
+    # ---- descriptions ---------------------------------------------------------------------
+
+    def describe(self, route: str, text: str | None) -> str | None:
+        """Set what a route is for, in a sentence (None: remove it); returns what is stored.
+        Evidence beside its examples; it overrides the description in the route's manifest."""
+        validate_route(route)
+        if route == BASE_ROUTE:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT, "base takes examples, not a description"
+            )
+        with Session(self._writer) as session, session.begin():
+            session.execute(delete(RouteDescriptionRow).where(RouteDescriptionRow.route == route))
+            if text is None:
+                return None
+            clean = " ".join(text.split())
+            if not clean:
+                raise SwitchboardError(ErrorCode.INVALID_INPUT, "the description is empty")
+            if len(clean) > MAX_DESCRIPTION_CHARS:
+                raise SwitchboardError(
+                    ErrorCode.INVALID_INPUT,
+                    f"the description has {len(clean)} characters; "
+                    f"the limit is {MAX_DESCRIPTION_CHARS}",
+                )
+            session.add(RouteDescriptionRow(route=route, text=clean, updated_at=datetime.now(UTC)))
+        return clean
+
+    def descriptions(self) -> dict[str, str]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(RouteDescriptionRow.route, RouteDescriptionRow.text)).all()
+        return {route: text for route, text in rows}
 
     # ---- thresholds -----------------------------------------------------------------------
 

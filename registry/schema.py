@@ -101,6 +101,17 @@ class RouteExampleRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RouteDescriptionRow(Base):
+    """What a route is for, in a sentence: evidence beside its examples. Set by an operator;
+    it overrides the description in the route's version manifest."""
+
+    __tablename__ = "route_descriptions"
+
+    route: Mapped[str] = mapped_column(String(63), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class RouteDecisionRow(Base):
     """A routing decision the server logged (`SWITCHBOARD_ROUTE_LOG`), with the request's text,
     how sure the router was, and the route an operator labelled it with, once reviewed."""

@@ -34,19 +34,29 @@ log = logging.getLogger(__name__)
 Request = str | Sequence[dict[str, Any]]
 
 
+# A route's description weighs as much as a quarter of its examples' total (at least one
+# example's): chosen on the benchmark sets by the worst of them (README, Benchmarks).
+DESCRIPTION_SHARE = 0.25
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A route's material: examples from its version's manifest (kept on disk per version)
-    and examples an operator added."""
+    """A route's material: examples from its version's manifest (kept on disk per version),
+    examples an operator added, and a description (what the route is for, in a sentence)."""
 
     name: str
     target: RouteTarget
     manifest_examples: tuple[str, ...] = ()
     extra_examples: tuple[str, ...] = ()
+    description: str | None = None
 
     @property
     def size(self) -> int:
         return len(self.manifest_examples) + len(self.extra_examples)
+
+    @property
+    def description_weight(self) -> float:
+        return max(1.0, self.size * DESCRIPTION_SHARE / (1 - DESCRIPTION_SHARE))
 
 
 class RouteSource(Protocol):
@@ -67,7 +77,8 @@ class RegistryRoutes:
     ) -> None:
         self.registry = registry
         self.accept = accept
-        self._manifests: dict[str, tuple[tuple[str, ...], bool]] = {}  # served name -> ...
+        # served name -> (routing examples, description, is a mixture)
+        self._manifests: dict[str, tuple[tuple[str, ...], str, bool]] = {}
         self._warned: set[str] = set()
 
     def state(self) -> Hashable:
@@ -81,6 +92,7 @@ class RegistryRoutes:
         for example in self.registry.routes.examples():
             extra.setdefault(example.route, []).append(example.text)
         thresholds = self.registry.routes.thresholds(scores_key)
+        described = self.registry.routes.descriptions()
         routes = []
         for summary in self.registry.list_adapters():
             try:
@@ -88,7 +100,7 @@ class RegistryRoutes:
             except SwitchboardError as exc:  # deleted since the listing
                 log.info("route %s skipped: %s", summary.name, exc.message)
                 continue
-            examples, is_mixture = self._manifest(version)
+            examples, description, is_mixture = self._manifest(version)
             if is_mixture or (self.accept is not None and not self.accept(version)):
                 continue
             route = Route(
@@ -96,11 +108,13 @@ class RegistryRoutes:
                 RouteTarget(version, thresholds.get(summary.name)),
                 examples,
                 tuple(extra.pop(summary.name, ())),
+                described.get(summary.name) or description or None,
             )
-            if route.size:
+            if route.size or route.description:
                 routes.append(route)
             else:
-                self._warn(version.ref, f"{version.ref} has no routing examples: not routed to")
+                why = "has no routing examples or description: not routed to"
+                self._warn(version.ref, f"{version.ref} {why}")
         negatives = tuple(extra.pop(BASE_ROUTE, ()))
         if negatives:
             routes.append(Route(BASE_ROUTE, RouteTarget(None), (), negatives))
@@ -108,11 +122,12 @@ class RegistryRoutes:
             self._warn(name, f"examples for {name!r} wait: no servable adapter has that name")
         return routes
 
-    def _manifest(self, version: VersionInfo) -> tuple[tuple[str, ...], bool]:
+    def _manifest(self, version: VersionInfo) -> tuple[tuple[str, ...], str, bool]:
         if version.served_name not in self._manifests:
             manifest = self.registry.manifest(version.ref)
             self._manifests[version.served_name] = (
                 tuple(manifest.routing_examples),
+                manifest.description.strip(),
                 bool(manifest.components),
             )
         return self._manifests[version.served_name]
@@ -126,9 +141,15 @@ class RegistryRoutes:
 class FileRoutes:
     """Routes from a routes file (docs/architecture.md), for evaluation without a registry."""
 
-    def __init__(self, path: Path, thresholds: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        thresholds: dict[str, float] | None = None,
+        descriptions: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.thresholds = thresholds or {}
+        self.descriptions = descriptions or {}
         self.examples = read_routes(path)
         if not [name for name in self.examples if name != BASE_ROUTE]:
             raise SwitchboardError(
@@ -145,7 +166,13 @@ class FileRoutes:
 
     def load(self, scores_key: str) -> list[Route]:
         return [
-            Route(name, RouteTarget(None, self.thresholds.get(name)), (), tuple(texts))
+            Route(
+                name,
+                RouteTarget(None, self.thresholds.get(name)),
+                (),
+                tuple(texts),
+                self.descriptions.get(name),
+            )
             for name, texts in self.examples.items()
         ]
 
@@ -156,16 +183,21 @@ class _Index:
     def __init__(self, routes: list[Route], cache: EmbeddingCache, method: Method) -> None:
         self.routes = {r.name: r for r in routes}
         self.targets = {r.name: r.target for r in routes}
-        vectors, labels = [], []
+        vectors, labels, weights = [], [], []
         for route in routes:
             key = route.target.version.served_name if route.target.version else None
             vectors.append(cache.vectors(list(route.manifest_examples), version_key=key))
             vectors.append(cache.vectors(list(route.extra_examples)))
             labels += [route.name] * route.size
+            weights += [1.0] * route.size
+            if route.description:  # evidence beside the examples, weighed as a share of them
+                vectors.append(cache.vectors([route.description]))
+                labels.append(route.name)
+                weights.append(route.description_weight)
         self.scorer: Scorer | None = None
         if labels:
             self.scorer = make_scorer(method)
-            self.scorer.fit(np.concatenate(vectors), labels)
+            self.scorer.fit(np.concatenate(vectors), labels, np.asarray(weights))
 
     @property
     def classes(self) -> list[str]:

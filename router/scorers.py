@@ -31,7 +31,9 @@ DEFAULT_THRESHOLD: dict[Method, float] = {"linear": 0.5, "centroid": 0.2, "knn":
 class Scorer(Protocol):
     classes: list[str]
 
-    def fit(self, vectors: np.ndarray, labels: list[str]) -> None: ...
+    def fit(
+        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+    ) -> None: ...
 
     def scores(self, queries: np.ndarray) -> np.ndarray: ...
 
@@ -55,10 +57,15 @@ class CentroidScorer:
         self.classes: list[str] = []
         self._centroids = np.zeros((0, 0), dtype=np.float32)
 
-    def fit(self, vectors: np.ndarray, labels: list[str]) -> None:
+    def fit(
+        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+    ) -> None:
         self.classes = _classes(labels)
         tags = np.asarray(labels)
-        centroids = np.stack([vectors[tags == c].mean(axis=0) for c in self.classes])
+        w = np.ones(len(labels)) if weights is None else weights
+        centroids = np.stack(
+            [np.average(vectors[tags == c], axis=0, weights=w[tags == c]) for c in self.classes]
+        )
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids = centroids.astype(np.float32)
 
@@ -76,12 +83,16 @@ class KnnScorer:
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._onehot = np.zeros((0, 0), dtype=np.float32)
 
-    def fit(self, vectors: np.ndarray, labels: list[str]) -> None:
+    def fit(
+        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+    ) -> None:
         self.classes = _classes(labels)
         index = {c: i for i, c in enumerate(self.classes)}
         self._vectors = vectors.astype(np.float32)
         self._onehot = np.zeros((len(labels), len(self.classes)), dtype=np.float32)
-        self._onehot[np.arange(len(labels)), [index[x] for x in labels]] = 1.0
+        self._onehot[np.arange(len(labels)), [index[x] for x in labels]] = (
+            1.0 if weights is None else weights
+        )
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         similarity = np.clip(queries @ self._vectors.T, 0.0, None)
@@ -129,18 +140,20 @@ class LinearScorer:
         scorer._bias = bias.astype(np.float32)
         return scorer
 
-    def fit(self, vectors: np.ndarray, labels: list[str]) -> None:
+    def fit(
+        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+    ) -> None:
         from sklearn.linear_model import LogisticRegression
 
         self.classes = _classes(labels)
         if len(self.classes) == 1:
             self._single = CentroidScorer()
-            self._single.fit(vectors, labels)
+            self._single.fit(vectors, labels, weights)
             return
         self._single = None
         # Balanced: an operator's handful of `base` examples must count against a route's 50.
         model = LogisticRegression(C=self.c, max_iter=2000, class_weight="balanced")
-        model.fit(vectors, np.asarray(labels))
+        model.fit(vectors, np.asarray(labels), sample_weight=weights)
         assert list(model.classes_) == self.classes
         weights, bias = model.coef_, model.intercept_
         if weights.shape[0] == 1:  # two classes: sklearn keeps one row, for the second class

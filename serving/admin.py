@@ -1,5 +1,6 @@
 """Registry changes over HTTP, for operators (admin key required once keys are configured):
-move and remove aliases (promote a version, roll back), add and remove routing examples,
+move and remove aliases (promote a version, roll back), add and remove routing examples, set
+route descriptions,
 review logged routing decisions and label them (the review loop).
 Publishing stays with the CLI and the Python API, which have the adapter files at hand."""
 
@@ -30,6 +31,11 @@ class LabelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     route: str = Field(min_length=1, max_length=63)
     source: str = "api"
+
+
+class DescriptionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = Field(min_length=1)
 
 
 class ExamplesBody(BaseModel):
@@ -73,6 +79,19 @@ async def remove_examples(
     """Remove the examples named by `?id=…` (repeatable), or all of the route's without."""
     removed = await asyncio.to_thread(registry.routes.remove_examples, route, ids)
     return {"route": route, "removed": removed}
+
+
+@router.put("/routes/{route}/description")
+async def describe_route(route: str, body: DescriptionBody, registry: RegistryDep) -> Any:
+    """What the route is for: evidence beside its examples (`switchboard route describe`)."""
+    stored = await asyncio.to_thread(registry.routes.describe, route, body.description)
+    return {"route": route, "description": stored}
+
+
+@router.delete("/routes/{route}/description")
+async def remove_description(route: str, registry: RegistryDep) -> dict[str, Any]:
+    await asyncio.to_thread(registry.routes.describe, route, None)
+    return {"route": route, "description": None}
 
 
 @router.get("/route-decisions")

@@ -46,10 +46,11 @@ def _fill(registry: Registry, base: BaseModelInfo, lora: Path, lora_2: Path) -> 
         "Can a landlord keep my deposit?", "adapter", "legal", 0.93, 0.4, {"legal": 0.9}
     )
     registry.decisions.label(logged, "legal", "tests")
+    registry.routes.describe("legal", "Questions about law: contracts, tenancy, rights.")
 
 
 # Tables added by 0004: a downgrade below it drops them, rows and all.
-LATER_TABLES = {"route_decisions"}
+LATER_TABLES = {"route_decisions", "route_descriptions"}
 
 
 def _dump(engine: Engine, skip: frozenset[str] = frozenset()) -> dict[str, list[tuple[Any, ...]]]:

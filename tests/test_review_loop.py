@@ -1,6 +1,7 @@
-"""The review loop end to end: a real server logs its routing decisions (SWITCHBOARD_ROUTE_LOG),
-an operator reviews them over the admin API and the CLI, labels one, and the next request with
-that text goes where the label says; bad labels are refused and change nothing."""
+"""The router's operator API end to end. The review loop: a real server logs its routing
+decisions (SWITCHBOARD_ROUTE_LOG), an operator reviews them over the admin API and the CLI,
+labels one, and the next request with that text goes where the label says; bad labels are
+refused and change nothing. Route descriptions, set and removed over the admin API."""
 
 from __future__ import annotations
 
@@ -124,3 +125,19 @@ def test_logged_decisions_are_reviewed_and_labelled_live(
     assert logged["id"] not in [d["id"] for d in queue]  # reviewed: out of the queue
     everything = http.get("/v1/admin/route-decisions?labelled=true", headers=ADMIN).json()
     assert [d["label"] for d in everything["decisions"] if d["id"] == logged["id"]] == [target]
+
+
+def test_route_descriptions_over_the_admin_api(logging_server: TestClient) -> None:
+    http = logging_server
+    path = "/v1/admin/routes/sql/description"
+    body = {"description": "Writing SQL queries against database tables."}
+    assert http.put(path, json=body).status_code == 403  # a client key
+    assert http.put(path, json=body, headers=ADMIN).json() == {"route": "sql", **body}
+    for bad_path, bad_body in (
+        ("/v1/admin/routes/base/description", body),  # base takes examples
+        (path, {"description": ""}),
+        (path, {"description": "x", "weight": 2}),
+    ):
+        assert http.put(bad_path, json=bad_body, headers=ADMIN).status_code == 400, bad_body
+    removed = http.delete(path, headers=ADMIN)
+    assert removed.json() == {"route": "sql", "description": None}

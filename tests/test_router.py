@@ -421,3 +421,40 @@ def test_routes_without_base_examples_route_every_request(tmp_path: Path, encode
     assert report.false_fallback_rate == 0.0
     centroid = Router(FileRoutes(path), encoder, Policy(threshold=0.2), method="centroid")
     assert report.accuracy >= evaluate(centroid, held).accuracy
+
+
+def test_a_description_is_evidence_beside_few_examples(
+    registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path, encoder: Encoder
+) -> None:
+    """A route's description, from its manifest or set (live) by an operator, which overrides
+    it, counts beside its examples: with two examples, the right description routes more of
+    its domain there than a wrong one."""
+    for name, source in (("math", lora_dir), ("sql", lora_dir_2)):
+        publish(registry, source, name, tiny_base, requests(name, "train", 30))
+    registry.routes.add_examples("base", GENERAL_REQUESTS, "tests")
+    science = "Science questions about physics, chemistry, biology and the natural world."
+    registry.publish(lora_dir, "science", tiny_base, draft=ManifestDraft(description=science))
+    router = Router(RegistryRoutes(registry), encoder)
+    assert router.routes["science"].description == science  # no examples: still a route
+    assert router.routes["science"].size == 0
+
+    registry.routes.add_examples("science", requests("science", "train", 2), "tests")
+    held = [(t, "science") for t in requests("science", "eval", 30)]
+    held += [(t, d) for d in ("math", "sql") for t in requests(d, "eval", 10)]
+    described = evaluate(router, held)
+    registry.routes.describe("science", "Recipes for cakes and biscuits.")  # overrides it
+    assert router.routes["science"].description == "Recipes for cakes and biscuits."
+    misled = evaluate(router, held)
+    right, wrong = (r.confusion["science"].get("science", 0) for r in (described, misled))
+    assert right > wrong, (described.confusion, misled.confusion)
+    registry.routes.describe("science", None)  # back to the manifest's
+    assert router.routes["science"].description == science
+
+    for bad, message in (("base", "not a description"), ("Bad Name", "invalid adapter name")):
+        with pytest.raises(SwitchboardError, match=message):
+            registry.routes.describe(bad, "anything")
+    with pytest.raises(SwitchboardError, match="empty"):
+        registry.routes.describe("science", "   ")
+    with pytest.raises(SwitchboardError, match="limit is 1000"):
+        registry.routes.describe("science", "x" * 1001)
+    assert router.routes["science"].description == science

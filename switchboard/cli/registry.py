@@ -97,10 +97,18 @@ def publish(
     base: Annotated[
         str | None, typer.Option(help="Base it must fit: cached name or model directory.")
     ] = None,
+    description: Annotated[
+        str, typer.Option(help="What it is for, in a sentence (the router uses it too).")
+    ] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Publish DIRECTORY as the next version of NAME."""
-    manifest = open_registry(ctx).publish(directory, name, open_base(ctx, base), parent=parent)
+    from registry import ManifestDraft
+
+    draft = ManifestDraft(description=description)
+    manifest = open_registry(ctx).publish(
+        directory, name, open_base(ctx, base), parent=parent, draft=draft
+    )
     emit(
         {
             "name": manifest.name,

@@ -321,9 +321,28 @@ def label(
     )
 
 
+@route_app.command("describe")
+def describe(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    text: Annotated[
+        str | None, typer.Argument(help="What the route is for, in a sentence.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove NAME's description.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Describe a route: evidence beside its examples (a route with few examples, or none,
+    still routes by it). Overrides the description in the version's manifest."""
+    if (text is None) == (not clear):
+        raise typer.BadParameter("give TEXT, or --clear")
+    open_registry(ctx).routes.describe(name, None if clear else text)
+    said = "description removed" if clear else "described"
+    emit({"route": name, "description": None if clear else text}, as_json, f"{name}: {said}")
+
+
 @route_app.command("list")
 def list_routes(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """The routes the router sees now: version, examples, threshold."""
+    """The routes the router sees now: version, examples, description, threshold."""
     router = _registry_router(ctx)
     rows = [
         {
@@ -331,6 +350,7 @@ def list_routes(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             "ref": r.target.version.ref if r.target.version else None,
             "manifest_examples": len(r.manifest_examples),
             "added_examples": len(r.extra_examples),
+            "description": r.description,
             "threshold": r.target.threshold,
         }
         for r in router.routes.values()
@@ -340,13 +360,14 @@ def list_routes(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         return
     print_table(
         f"routes ({router.method}; default threshold {router.policy.threshold})",
-        ["route", "ref", "manifest examples", "added examples", "threshold"],
+        ["route", "ref", "manifest examples", "added examples", "description", "threshold"],
         [
             [
                 r["route"],
                 r["ref"] or "",
                 r["manifest_examples"],
                 r["added_examples"],
+                str(r["description"] or "")[:40],
                 "" if r["threshold"] is None else f"{r['threshold']:.3f}",
             ]
             for r in rows

@@ -1,4 +1,5 @@
-"""Route decisions: the review loop's log of what the router decided, and labels given to it.
+"""Router v2: the review loop's log of routing decisions (and the labels given to them), and
+route descriptions an operator sets.
 
 Revision ID: 0004
 Revises: 0003
@@ -34,9 +35,17 @@ def upgrade() -> None:
         op.f("ix_route_decisions_created_at"), "route_decisions", ["created_at"], unique=False
     )
     op.create_index(op.f("ix_route_decisions_margin"), "route_decisions", ["margin"], unique=False)
+    op.create_table(
+        "route_descriptions",
+        sa.Column("route", sa.String(length=63), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("route"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("route_descriptions")
     op.drop_index(op.f("ix_route_decisions_margin"), table_name="route_decisions")
     op.drop_index(op.f("ix_route_decisions_created_at"), table_name="route_decisions")
     op.drop_table("route_decisions")
