@@ -290,7 +290,7 @@ def _plot_loop(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.axhline(0.97, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("labels spent per route")
     ax.set_ylabel("accuracy on the whole stream")
-    ax.set_title("Review loop: the 5 most uncertain requests per route labelled per round")
+    ax.set_title("Review loop: per round, the 5 most uncertain\nrequests per route labelled")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
