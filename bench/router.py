@@ -15,6 +15,9 @@
 - intents: BIG-bench `intent_recognition` (SNIPS, 7 intents, no `base` examples): 10
   examples per intent are the routes, the rest the test, over three splits; each method with
   its default threshold and with none. Target: mean >= 0.95, never below centroid.
+- loop: the review loop simulated on every cross-source set: each round labels the 5 most
+  uncertain requests per route they went to; accuracy against labels spent, and a plot.
+  Target: >= 0.97 with <= 20 labels per route.
 - scale: 100 and 1,000 BIG-bench tasks as routes, 20 requests each (`bench/router_scale.py`):
   held-out requests of the routes, fallback recall on general requests, decision time, refit.
 - latency: p50/p99 of one decision for a short query; scoring time at 10, 1,000 and 10,000
