@@ -9,17 +9,19 @@ only by an operator's choice.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from registry.db import as_utc
 from registry.errors import ErrorCode, SwitchboardError
+from registry.queries import resolve
+from registry.refs import AdapterRef
 from registry.routing import BASE_ROUTE, RouteStore, validate_route
-from registry.schema import AdapterRow, RouteDecisionRow, VersionRow
+from registry.schema import RouteDecisionRow
 
 # A decision whose margin (how far its in-domain score is from its threshold, or its best
 # route's score from the runner-up's, whichever is nearer) is below this is "uncertain".
@@ -136,47 +138,49 @@ class DecisionLog:
             return _logged(row)
 
     def check_route(self, route: str) -> str:
-        """`base`, or the name of an adapter with a live version: what a label may name."""
+        """`base`, or the name of an adapter with a live version (resolved as the router
+        resolves routes): what a label may name."""
         validate_route(route)
         if route == BASE_ROUTE:
             return route
         with self._engine.connect() as conn:
-            live = conn.scalar(
-                select(func.count(VersionRow.id))
-                .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
-                .where(AdapterRow.name == route, VersionRow.deleted_at.is_(None))
-            )
-        if not live:
-            raise SwitchboardError(
-                ErrorCode.NOT_FOUND,
-                f"no route named {route!r}: a label names an adapter with a live version, or base",
-            )
+            try:
+                resolve(conn, AdapterRef.parse(route))
+            except SwitchboardError as exc:
+                raise SwitchboardError(
+                    ErrorCode.NOT_FOUND,
+                    f"no route named {route!r} ({exc.message}): a label names an adapter "
+                    "with a live version, or base",
+                ) from None
         return route
+
+    def _checked(self, decision_id: int, route: str) -> LoggedDecision:
+        self.check_route(route)
+        return self.get(decision_id)
+
+    def _apply(self, decision: LoggedDecision, route: str, source: str) -> LoggedDecision:
+        self._routes.add_examples(route, [decision.text], source)
+        now = datetime.now(UTC)
+        with Session(self._writer) as session, session.begin():
+            session.execute(
+                update(RouteDecisionRow)
+                .where(RouteDecisionRow.id == decision.id)
+                .values(label=route, labelled_at=now)
+            )
+        return replace(decision, label=route, labelled_at=now)
 
     def label(self, decision_id: int, route: str, source: str) -> LoggedDecision:
         """Label a logged decision with the route it should have taken: its text becomes an
         example of that route (live), and the decision leaves the review queue."""
-        self.check_route(route)
-        decision = self.get(decision_id)
-        self._routes.add_examples(route, [decision.text], source)
-        with Session(self._writer) as session, session.begin():
-            session.execute(
-                update(RouteDecisionRow)
-                .where(RouteDecisionRow.id == decision_id)
-                .values(label=route, labelled_at=datetime.now(UTC))
-            )
-        return self.get(decision_id)
+        return self._apply(self._checked(decision_id, route), route, source)
 
     def label_many(self, labels: list[tuple[int, str]], source: str) -> list[LoggedDecision]:
         """Label several at once; every id and route is checked before any is applied."""
+        checked: list[tuple[LoggedDecision, str]] = []
         problems = []
         for decision_id, route in labels:
             try:
-                self.get(decision_id)
-            except SwitchboardError as exc:
-                problems.append(exc.message)
-            try:
-                self.check_route(route)
+                checked.append((self._checked(decision_id, route), route))
             except SwitchboardError as exc:
                 problems.append(exc.message)
         if problems:
@@ -184,4 +188,4 @@ class DecisionLog:
                 ErrorCode.INVALID_INPUT,
                 f"{len(problems)} bad label(s), none applied: " + "; ".join(problems),
             )
-        return [self.label(decision_id, route, source) for decision_id, route in labels]
+        return [self._apply(decision, route, source) for decision, route in checked]
