@@ -20,6 +20,18 @@ HomeOption = Annotated[
 ]
 
 
+def pulled_encoder(name: str, home: Path | None = None) -> Path:
+    """The model directory of encoder `name` (the default, or one pulled into `home` once)."""
+    from router.encoders import EncoderModels
+    from switchboard.encoders import CATALOG, pull
+
+    settings = RegistrySettings() if home is None else RegistrySettings(home=home)
+    encoders = EncoderModels(settings.home_dir / "encoders")
+    if name in CATALOG:
+        pull(encoders, name)
+    return encoders.get(name)
+
+
 def default_base(home: Path | None = None) -> BaseModelInfo:
     """The default base model, pulled into `home`'s cache once."""
     settings = RegistrySettings() if home is None else RegistrySettings(home=home)

@@ -1,7 +1,7 @@
 """Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
 
-    python -m bench.router [--part all|cross|intents|loop|scale|latency] [--sdist FILE] [--out DIR]
-                           [--json]
+    python -m bench.router [--part all|cross|intents|loop|scale|latency|encoders] [--sdist FILE]
+                           [--out DIR] [--json]
 
 - cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
   held out: reported apart, never used to choose), and each method's worst over the others
@@ -18,8 +18,12 @@
 - loop: the review loop simulated on every cross-source set: each round labels the 5 most
   uncertain requests per route they went to; accuracy against labels spent, and a plot.
   Target: >= 0.97 with <= 20 labels per route.
-- scale: 100 and 1,000 BIG-bench tasks as routes, 20 requests each (`bench/router_scale.py`):
-  held-out requests of the routes, fallback recall on general requests, decision time, refit.
+- scale: 100 and 1,000 BIG-bench domain tasks as routes, 20 requests each
+  (`bench/router_scale.py`): held-out requests of the routes, fallback recall on general
+  requests, decision time, a full fit, and the refit after adding one route (from the last
+  fit, against a fit from nothing).
+- encoders: the default encoder and each one `switchboard encoder pull` knows, on every
+  cross-source set and SNIPS, side by side, with one request's encoding time.
 - latency: p50/p99 of one decision for a short query; scoring time at 10, 1,000 and 10,000
   routes; the registry change check each decision makes.
 Data: the `bigbench` sdist from PyPI (358 MB, downloaded once into $SWITCHBOARD_HOME/cache).
@@ -39,7 +43,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench._common import HomeOption
+from bench._common import HomeOption, pulled_encoder
 from bench.router_scale import scale
 from bench.router_sets import (
     HELD_OUT,
@@ -53,6 +57,7 @@ from bench.router_sets import (
 from registry import Registry, RegistrySettings
 from router.decision import Policy
 from router.encoder import Encoder
+from router.encoders import DEFAULT_ENCODER
 from router.evaluate import Report, calibrate, evaluate
 from router.router import FileRoutes, Route, Router
 from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
@@ -79,8 +84,8 @@ class MemoEncoder(Encoder):
     """The encoder, each text encoded once per run: the benchmark builds many routers over
     the same texts, and what it measures is routing, not encoding (timed apart, in latency)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, model_dir: Path | None = None) -> None:
+        super().__init__(model_dir)
         self._memo: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -301,6 +306,60 @@ def _plot_loop(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+ENCODERS = (DEFAULT_ENCODER, "all-mpnet-base-v2")  # the default, and what a pull adds
+SHORT_QUERY = "What is 17 times 23?"
+LONG_QUERY = " ".join(["Explain, step by step, how the rate of a reaction changes with heat."] * 8)
+
+
+def compare_encoders(tasks: Tasks, out: Path, home: Path | None) -> dict[str, Any]:
+    """Every encoder of `ENCODERS` on every cross-source set and on SNIPS, side by side (the
+    same sets, splits and methods), with what one request's encoding costs."""
+    rows = []
+    for name in ENCODERS:
+        path = pulled_encoder(name, home)
+        memo = MemoEncoder(path)
+        cross = cross_source(memo, tasks, out / "encoders" / name)
+        snips = intents(memo, tasks, out / "encoders" / name)["results"]
+        timed = Encoder(path)  # timed: no memo
+        timed.encode([SHORT_QUERY])
+        short50, _ = _timings(lambda e=timed: e.encode([SHORT_QUERY]), 100)
+        long50, _ = _timings(lambda e=timed: e.encode([LONG_QUERY]), 30)
+        for worst in cross["worst"]:
+            if worst["thresholds"] not in ("default", "default + descriptions"):
+                continue
+            key = (worst["method"], worst["thresholds"])
+            per_set = {
+                set_name: next(r["accuracy"] for r in rows if (r["method"], r["thresholds"]) == key)
+                for set_name, rows in cross["sets"].items()
+            }
+            split = [
+                r["accuracy"]
+                for r in snips
+                if (r["method"], r["thresholds"]) == (worst["method"], "default")
+            ]
+            rows.append(
+                {
+                    "encoder": name,
+                    "dim": memo.dim,
+                    "method": worst["method"],
+                    "thresholds": worst["thresholds"],
+                    "worst_accuracy": worst["accuracy"],
+                    "mean_accuracy": worst["mean_accuracy"],
+                    "worst_fallback_recall": worst["fallback_recall"],
+                    "held_out_accuracy": per_set[HELD_OUT],
+                    "per_set": per_set,
+                    "snips": split,
+                    "encode_short_p50_ms": short50,
+                    "encode_long_p50_ms": long50,
+                }
+            )
+    return {"encoders": list(ENCODERS), "rows": rows}
+
+
+def _per_set(figures: dict[str, float]) -> str:
+    return ", ".join(f"{value:.3f} ({name})" for name, value in figures.items())
+
+
 def _timings(fn: Any, runs: int) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
@@ -313,7 +372,7 @@ def _timings(fn: Any, runs: int) -> tuple[float, float]:
 def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
     routes = out / "routes.jsonl"
     router = Router(FileRoutes(routes), encoder)
-    query = "What is 17 times 23?"
+    query = SHORT_QUERY
     router.decide(query)
     p50, p99 = _timings(lambda: router.decide(query), 300)
     encode50, _ = _timings(lambda: encoder.encode([query]), 300)
@@ -406,16 +465,44 @@ def _print(results: dict[str, Any]) -> None:
         found = results["scale"]
         print(
             f"\nscale: BIG-bench tasks as routes, {found['per_route']} requests each "
-            f"({found['qualifying_tasks']} tasks qualify); general requests must still go to base"
+            f"({found['qualifying_tasks']} domain tasks qualify); general requests must still "
+            "go to base"
         )
         for r in found["results"]:
             print(
                 f"  {r['routes']:>5} routes: own held-out requests {r['accuracy']:.3f} "
                 f"(to base {r['false_fallback_rate']:.3f}), fallback recall "
-                f"{r['fallback_recall']:.3f}, decision p50 {r['decision_p50_ms']:.1f} ms, "
-                f"refit {r['refit_s']:.1f} s"
+                f"{_per_set(r['fallback_recall'])}, decision p50 {r['decision_p50_ms']:.1f} ms, "
+                f"full fit {r['refit_s']:.1f} s ({r['refit_iterations']} iterations)"
+            )
+            print(
+                f"        one route added: refit from the last fit {r['add_one_s']:.2f} s "
+                f"({r['add_one_iterations']} it.) vs from nothing {r['add_one_cold_s']:.2f} s "
+                f"({r['add_one_cold_iterations']} it.): "
+                f"{r['add_one_cold_s'] / max(r['add_one_s'], 1e-9):.1f}x; decisions agree "
+                f"{r['add_one_agreement']:.3f}"
             )
             print(f"        general requests went to: {r['general_went_to']}")
+            sweep = ", ".join(
+                f"{g['threshold']}: {g['fallback_recall']:.2f} / {g['false_fallback_rate']:.2f}"
+                for g in r["gate_sweep"]
+            )
+            print(f"        gate threshold: fallback recall / false fallback: {sweep}")
+    if "encoders" in results:
+        print(
+            "\nencoders side by side, per cross-source set; worst and mean over the sets but "
+            f"{HELD_OUT!r} (held out); worst fallback recall; SNIPS per split (default "
+            "threshold); encoding one request, p50 ms (short / ~130 tokens)"
+        )
+        for r in results["encoders"]["rows"]:
+            sets = " ".join(f"{n} {a:.3f}" for n, a in r["per_set"].items())
+            snips = " ".join(f"{a:.3f}" for a in r["snips"])
+            print(
+                f"  {r['encoder']:18} {r['method']:8} {r['thresholds']:22} {sets}  "
+                f"worst {r['worst_accuracy']:.3f} mean {r['mean_accuracy']:.3f}  "
+                f"fb {r['worst_fallback_recall']:.3f}  SNIPS {snips}  "
+                f"{r['encode_short_p50_ms']:.1f} / {r['encode_long_p50_ms']:.1f} ms"
+            )
     if "latency" in results:
         lat = results["latency"]
         print(
@@ -436,7 +523,9 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(
-    part: Annotated[str, typer.Option(help="all, cross, intents, loop, scale or latency")] = "all",
+    part: Annotated[
+        str, typer.Option(help="all, cross, intents, loop, scale, latency or encoders")
+    ] = "all",
     sdist: Annotated[Path | None, typer.Option(help="The bigbench sdist, if at hand.")] = None,
     out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
         "bench-router-data"
@@ -447,7 +536,7 @@ def main(
     cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
     encoder = MemoEncoder()
     results: dict[str, Any] = {"encoder": str(encoder.path)}
-    if part in ("all", "cross", "intents", "loop", "scale"):
+    if part in ("all", "cross", "intents", "loop", "scale", "encoders"):
         tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)
@@ -457,6 +546,8 @@ def main(
             results["loop"] = review_loop(encoder, tasks, out)
         if part in ("all", "scale"):
             results["scale"] = scale(Encoder(), tasks, out)  # decisions timed: no memo
+        if part in ("all", "encoders"):
+            results["encoders"] = compare_encoders(tasks, out, home)
     if part in ("all", "latency"):
         if not (out / "routes.jsonl").exists():
             sys.exit("latency needs the routes file: run --part cross first")

@@ -202,15 +202,16 @@ class Tasks:
     def __init__(self, sdist: Path) -> None:
         self.archive = tarfile.open(sdist)  # noqa: SIM115  (open for the whole run)
 
-    def each_task(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        """Every task (or subtask) and its examples, in one pass over the archive (reading
-        members out of order would decompress it again for each)."""
+    def each_task(self) -> Iterator[tuple[str, list[dict[str, Any]], set[str]]]:
+        """Every task (or subtask), its examples and its keywords, in one pass over the
+        archive (reading members out of order would decompress it again for each)."""
         for member in self.archive:
             if member.name.startswith(TASKS) and member.name.endswith("/task.json"):
                 data = self.archive.extractfile(member)
                 assert data is not None, member.name
-                examples = json.load(data).get("examples", [])
-                yield member.name[len(TASKS) : -len("/task.json")], examples
+                task = json.load(data)
+                name = member.name[len(TASKS) : -len("/task.json")]
+                yield name, task.get("examples", []), set(task.get("keywords", []))
 
     def requests_from(
         self, task: str, examples: list[dict[str, Any]], count: int, rng: random.Random

@@ -10,23 +10,17 @@ claimed base fingerprint differs from the base it is published against. How a ba
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from registry.errors import ErrorCode, SwitchboardError
+from registry.installs import install_once
 from registry.refs import validate_name
 from registry.tensors import fingerprint_tensors, read_tensor_index
-
-log = logging.getLogger(__name__)
 
 BASE_RECORD = "switchboard_base.json"
 DEFAULT_BASE = "smollm2-135m-instruct"
@@ -118,38 +112,15 @@ class BaseModels:
         self, name: str, source: str, build: Callable[[Path, Path], None]
     ) -> tuple[BaseModelInfo, bool]:
         """Put base `name` in the cache once: `build(out_dir, workdir)` writes a model directory.
-        Returns the base and whether it was built now.
-
-        Two processes installing at once: one builds, the other waits and finds it. The
-        directory appears by one rename, so a half-built base is never visible.
-        """
+        Returns the base and whether it was built now (see `install_once`)."""
         validate_name(name, "base model name")
-        target = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{name}.lock")):
-            if (target / BASE_RECORD).is_file():
-                return self._from_record(target / BASE_RECORD), False
-            staging = self.root / f".{name}.staging-{os.getpid()}"
-            workdir = self.root / f".{name}.work-{os.getpid()}"
-            for leftover in (staging, workdir):
-                shutil.rmtree(leftover, ignore_errors=True)
-            workdir.mkdir()
-            try:
-                build(staging, workdir)
-                record = {
-                    "id": name,
-                    "source": source,
-                    "fingerprint": fingerprint_tensors(weight_files(staging)),
-                    "created_at": datetime.now(UTC).isoformat(),
-                }
-                (staging / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.rmtree(workdir, ignore_errors=True)
-        log.info("base %s installed into %s", name, target)
-        return self._from_record(target / BASE_RECORD), True
+
+        def build_and_fingerprint(out: Path, workdir: Path) -> dict[str, str]:
+            build(out, workdir)
+            return {"fingerprint": fingerprint_tensors(weight_files(out))}
+
+        target, built = install_once(self.root, name, BASE_RECORD, source, build_and_fingerprint)
+        return self._from_record(target / BASE_RECORD), built
 
     def _from_record(self, record: Path) -> BaseModelInfo:
         data = json.loads(record.read_text())

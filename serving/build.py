@@ -32,7 +32,7 @@ def build_service(settings: ServerSettings) -> Service:
         return unservable(version, base, engine) is None
 
     routes = RegistryRoutes(registry, accept=servable)
-    router = build_router(settings, routes, settings.home_dir / "embeddings")
+    router = build_router(settings, routes, settings.home_dir)
     return Service(
         registry,
         router,

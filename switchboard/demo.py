@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,23 +138,28 @@ def current_match(
 
 
 def ensure_adapters(
-    registry: Registry, base: BaseModelInfo, data: Path, budget: DemoBudget, say: Say
+    registry: Registry,
+    base: BaseModelInfo,
+    data: Path,
+    budget: DemoBudget,
+    say: Say,
+    domains: Sequence[str] = DOMAINS,
 ) -> dict[str, str]:
-    """Each demo domain's served ref: reused when its current version matches, else trained
-    and published now (a new version, its parent the old one)."""
+    """Each domain's served ref: reused when its current version matches, else trained and
+    published now (a new version, its parent the old one)."""
     import shutil
     import tempfile
 
     config = budget.config()
     refs = {}
-    for i, domain in enumerate(DOMAINS, start=1):
+    for i, domain in enumerate(domains, start=1):
         dataset = load_jsonl(data / domain / "train.jsonl").head(budget.steps * budget.batch_size)
         match = current_match(registry, domain, base, dataset, config)
         if match is not None:
-            say(f"[{i}/{len(DOMAINS)}] {domain}: {match.ref} is trained on this budget; reused")
+            say(f"[{i}/{len(domains)}] {domain}: {match.ref} is trained on this budget; reused")
             refs[domain] = match.ref
             continue
-        say(f"[{i}/{len(DOMAINS)}] {domain}: training {budget.steps} steps of {budget.batch_size}")
+        say(f"[{i}/{len(domains)}] {domain}: training {budget.steps} steps of {budget.batch_size}")
         out = Path(tempfile.mkdtemp(prefix=f"demo-{domain}-"))
         try:
             result = train_adapter(

@@ -410,6 +410,36 @@ def test_one_gate_threshold_holds_from_two_routes_to_fifty(
         )
 
 
+def test_a_change_refits_from_the_last_fit_to_the_same_decisions(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """Adding or removing a route refits the linear scorer starting from its last fit: far
+    fewer solver iterations than a fit from nothing, and the same scores (the objective is
+    convex, so both reach one optimum)."""
+    modules = _module_routes(51)
+    names = list(modules)
+    first = {**{n: modules[n] for n in names[:50]}, "base": GENERAL_REQUESTS}
+    texts = [t for ts in modules.values() for t in ts] + UNSEEN_GENERAL
+    router = Router(FileRoutes(_routes_file(tmp_path / "first.jsonl", first)), encoder)
+    router.cache.vectors(texts)
+    assert router.index().scorer is not None
+    for change, routes in (
+        ("added", {**first, names[50]: modules[names[50]]}),
+        ("removed", {n: t for n, t in first.items() if n != names[0]}),
+    ):
+        path = _routes_file(tmp_path / f"{change}.jsonl", routes)
+        router.source = FileRoutes(path)
+        warm = router.index().scorer
+        fresh = Router(FileRoutes(path), encoder)
+        fresh.cache = router.cache
+        cold = fresh.index().scorer
+        assert isinstance(warm, LinearScorer) and isinstance(cold, LinearScorer)
+        assert warm.classes == cold.classes == sorted(routes)
+        assert warm.iterations * 2 <= cold.iterations, (change, warm.iterations, cold.iterations)
+        vectors = encoder.encode(texts)
+        np.testing.assert_allclose(warm.scores(vectors), cold.scores(vectors), atol=0.01)
+
+
 def test_routes_without_base_examples_route_every_request(tmp_path: Path, encoder: Encoder) -> None:
     """No `base` examples: nothing speaks for the base, so no request falls back to it, and
     few examples per route (a flat softmax) do not make the gate give way."""

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from registry.errors import ErrorCode, SwitchboardError
 from switchboard.cli.data import data_app
+from switchboard.cli.encoder import encoder_app
 from switchboard.cli.experiment import experiment_app
 from switchboard.cli.kit import JSON_OUTPUT
 from switchboard.cli.registry import base_app, registry_app
@@ -57,6 +58,7 @@ app.add_typer(base_app, name="base")
 app.add_typer(registry_app, name="registry")
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
+app.add_typer(encoder_app, name="encoder")
 app.add_typer(experiment_app, name="experiment")
 app.command("train")(train)
 app.command("serve")(serve)

@@ -47,7 +47,7 @@ def _load_router(ctx: typer.Context, source: RouteSource, method: Method | None 
     _quiet_loading()
     settings = settings_of(ctx)
     with busy("loading the encoder and routes…"):
-        router = build_router(settings, source, settings.home_dir / "embeddings", method)
+        router = build_router(settings, source, settings.home_dir, method)
         router.index()
     return router
 

@@ -150,7 +150,7 @@ def scratch_registry(home: Path, data: Path) -> tuple[Registry, Router]:
     registry = Registry(RegistrySettings(home=home).registry_url, home)
     general_requests = read_routes(data / "general" / "routes.jsonl")[BASE_ROUTE]
     registry.routes.add_examples(BASE_ROUTE, general_requests, "demo data")
-    return registry, build_router(RouterSettings(), RegistryRoutes(registry), home / "embeddings")
+    return registry, build_router(RouterSettings(), RegistryRoutes(registry), home)
 
 
 def run_switchboard(setting: Setting) -> MethodResult:

