@@ -32,6 +32,17 @@ class Fleet:
         body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8}
         return httpx.post(f"{self.gateway.url}/v1/chat/completions", json=body, timeout=300)
 
+    def wait_all_healthy(self, timeout_s: float = 120) -> None:
+        """Until the gateway has every upstream in its rotation (its /metrics)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
+            up = re.findall(r'switchboard_upstream_healthy\{upstream="[^"]+"\} (\S+)', text)
+            if len(up) == len(self.upstreams) and all(float(v) == 1.0 for v in up):
+                return
+            assert time.monotonic() < deadline, text
+            time.sleep(0.5)
+
     def sent(self) -> dict[str, float]:
         """Requests the gateway has sent to each upstream (its /metrics)."""
         text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
@@ -105,7 +116,9 @@ def fleet(fresh_world: World, tmp_path_factory: pytest.TempPathFactory) -> Itera
         for upstream in upstreams:
             upstream.wait_ready("/health")
         gateway.wait_ready("/readyz", 300)
-        yield Fleet(world, gateway, upstreams)
+        fleet = Fleet(world, gateway, upstreams)
+        fleet.wait_all_healthy()  # ready means one upstream: where names land depends on all
+        yield fleet
     finally:
         for process in (gateway, *upstreams):
             process.stop()
@@ -162,15 +175,17 @@ def test_the_fleet_answers_routed_named_streamed_and_new_adapters(fleet: Fleet) 
 
 @pytest.mark.vllm
 def test_an_adapter_stays_on_one_upstream_under_light_load(fleet: Fleet) -> None:
+    served = f"'{fleet.world.registry.resolve('math').served_name}'"
+    loads = [u.log().count(served) for u in fleet.upstreams]
     before = fleet.sent()
     for _ in range(6):
         assert fleet.chat("math").status_code == 200
     after = fleet.sent()
     grew = sorted(after[url] - before.get(url, 0.0) for url in after)
     assert grew == [0.0, 6.0]
-    served = fleet.world.registry.resolve("math").served_name
-    loaded = [f"'{served}'" in u.log() for u in fleet.upstreams]
-    assert loaded.count(True) == 1  # the adapter was loaded on one upstream only
+    assert any(served in u.log() for u in fleet.upstreams)
+    new_loads = [u.log().count(served) - n for u, n in zip(fleet.upstreams, loads, strict=True)]
+    assert sum(1 for n in new_loads if n) <= 1  # loaded, if at all now, on one upstream only
 
 
 async def _client(url: str, model: str, until: float, out: list[dict[str, Any]]) -> None:
