@@ -53,8 +53,8 @@ GENERAL = {
     "memorization",
     "riddle",
 }
-# General test requests (expected `base`): tasks with general keywords, so never routes. The
-# second set was not looked at when the gate's best-of-N scaling was fitted on the first.
+# General test requests (expected `base`): tasks with general keywords, so never routes; two
+# sets of different kinds, so that the gate is not judged on one.
 GENERAL_TESTS = {
     "questions": (*TASK_SETS["paired"].general, ("strategyqa", 40), ("general_knowledge", 40)),
     "chat and other": tuple(

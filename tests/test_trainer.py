@@ -209,10 +209,14 @@ def test_ctrl_c_stops_cleanly_and_publishes_nothing(
         _cli(home, real_base, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     seen: list[str] = []
-    reader = threading.Thread(
-        target=lambda: seen.extend(iter(lambda: proc.stderr.read(64), "")), daemon=True
-    )  # type: ignore[union-attr]
-    reader.start()
+    printed: list[str] = []  # stdout is drained too: a full pipe would block the process
+    readers = [
+        threading.Thread(target=lambda s=s, o=o: o.extend(iter(lambda: s.read(64), "")))
+        for s, o in ((proc.stderr, seen), (proc.stdout, printed))
+    ]
+    for reader in readers:
+        reader.daemon = True
+        reader.start()
     deadline = time.monotonic() + 300
     while not re.search(r"training: +\d+%", "".join(seen)):  # the progress bar is up
         assert proc.poll() is None, "".join(seen)
@@ -220,8 +224,13 @@ def test_ctrl_c_stops_cleanly_and_publishes_nothing(
         time.sleep(0.2)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("still running 300 s after Ctrl-C:\n" + "".join(seen)[-3000:])
+    for reader in readers:
+        reader.join(timeout=10)
     assert proc.returncode == 130, "".join(seen)
     assert "nothing saved or published" in "".join(seen)
     registry = Registry(f"sqlite:///{home / 'registry.db'}", home)
