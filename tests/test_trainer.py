@@ -206,7 +206,12 @@ def test_ctrl_c_stops_cleanly_and_publishes_nothing(
     home = tmp_path / "home"
     args = ["--data", str(DATA / "code" / "train.jsonl"), "--publish", "--max-length", "128"]
     proc = subprocess.Popen(
-        _cli(home, real_base, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cli(home, real_base, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a child inherits an ignored SIGINT (pytest's may be, by then).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen: list[str] = []
     printed: list[str] = []  # stdout is drained too: a full pipe would block the process
