@@ -1,7 +1,7 @@
 """Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
 
     python -m bench.router [--part all|cross|intents|loop|scale|latency|encoders] [--sdist FILE]
-                           [--out DIR] [--json]
+                           [--encoder NAME|DIR] [--encoder-device cpu|cuda] [--out DIR] [--json]
 
 - cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
   held out: reported apart, never used to choose), and each method's worst over the others
@@ -24,8 +24,11 @@
   fit, against a fit from nothing).
 - encoders: the default encoder and each one `switchboard encoder pull` knows, on every
   cross-source set and SNIPS, side by side, with one request's encoding time.
-- latency: p50/p99 of one decision for a short query; scoring time at 10, 1,000 and 10,000
-  routes; the registry change check each decision makes.
+- latency: p50/p99 of one decision for a short and a long (~130-token) query, and of encoding
+  them; scoring time at 10, 1,000 and 10,000 routes; the registry change check each decision
+  makes.
+`--encoder NAME|DIR` and `--encoder-device cuda` run every part but `encoders` with another
+encoder, or on a GPU.
 Data: the `bigbench` sdist from PyPI (358 MB, downloaded once into $SWITCHBOARD_HOME/cache).
 """
 
@@ -84,8 +87,8 @@ class MemoEncoder(Encoder):
     """The encoder, each text encoded once per run: the benchmark builds many routers over
     the same texts, and what it measures is routing, not encoding (timed apart, in latency)."""
 
-    def __init__(self, model_dir: Path | None = None) -> None:
-        super().__init__(model_dir)
+    def __init__(self, model_dir: Path | None = None, device: str = "cpu") -> None:
+        super().__init__(model_dir, device)
         self._memo: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -376,6 +379,8 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
     router.decide(query)
     p50, p99 = _timings(lambda: router.decide(query), 300)
     encode50, _ = _timings(lambda: encoder.encode([query]), 300)
+    long50, long99 = _timings(lambda: router.decide(LONG_QUERY), 100)
+    encode_long50, _ = _timings(lambda: encoder.encode([LONG_QUERY]), 100)
     with tempfile.TemporaryDirectory() as home:
         registry = Registry(RegistrySettings(home=Path(home)).registry_url, Path(home))
         registry.routes.add_examples("base", ["hello"], "bench")
@@ -407,6 +412,11 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
         "decision_p50_ms": p50,
         "decision_p99_ms": p99,
         "encode_p50_ms": encode50,
+        "long_decision_p50_ms": long50,
+        "long_decision_p99_ms": long99,
+        "long_encode_p50_ms": encode_long50,
+        "long_tokens": encoder.prepare(LONG_QUERY).tokens,
+        "encoder_device": str(encoder.model.device),
         "registry_check_p50_ms": state50,
         "registry_check_p99_ms": state99,
         "scoring": scale,
@@ -507,7 +517,10 @@ def _print(results: dict[str, Any]) -> None:
         lat = results["latency"]
         print(
             f"\none decision, short query: p50 {lat['decision_p50_ms']:.2f} ms, "
-            f"p99 {lat['decision_p99_ms']:.2f} ms (encoding alone p50 {lat['encode_p50_ms']:.2f})"
+            f"p99 {lat['decision_p99_ms']:.2f} ms (encoding alone p50 {lat['encode_p50_ms']:.2f}); "
+            f"{lat['long_tokens']}-token query: p50 {lat['long_decision_p50_ms']:.2f} ms, "
+            f"p99 {lat['long_decision_p99_ms']:.2f} ms (encoding alone "
+            f"p50 {lat['long_encode_p50_ms']:.2f}); encoder on {lat['encoder_device']}"
         )
         print(
             f"registry change check (SQLite): p50 {lat['registry_check_p50_ms']:.3f} ms, "
@@ -531,13 +544,23 @@ def main(
         "bench-router-data"
     ),
     home: HomeOption = None,
+    encoder_name: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            help="A pulled (or pullable) encoder's name or a directory, for every "
+            "part but `encoders`.",
+        ),
+    ] = DEFAULT_ENCODER,
+    encoder_device: Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
-    encoder = MemoEncoder()
-    results: dict[str, Any] = {"encoder": str(encoder.path)}
+    path = pulled_encoder(encoder_name, home)
+    results: dict[str, Any] = {"encoder": str(path), "encoder_device": encoder_device}
     if part in ("all", "cross", "intents", "loop", "scale", "encoders"):
         tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
+        encoder = MemoEncoder(path, encoder_device)
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)
         if part in ("all", "intents"):
@@ -545,13 +568,14 @@ def main(
         if part in ("all", "loop"):
             results["loop"] = review_loop(encoder, tasks, out)
         if part in ("all", "scale"):
-            results["scale"] = scale(Encoder(), tasks, out)  # decisions timed: no memo
+            # decisions timed: no memo
+            results["scale"] = scale(Encoder(path, encoder_device), tasks, out)
         if part in ("all", "encoders"):
             results["encoders"] = compare_encoders(tasks, out, home)
     if part in ("all", "latency"):
         if not (out / "routes.jsonl").exists():
             sys.exit("latency needs the routes file: run --part cross first")
-        results["latency"] = latency(Encoder(), out)  # timed: no memo
+        results["latency"] = latency(Encoder(path, encoder_device), out)  # timed: no memo
     if as_json:
         print(json.dumps(results, indent=2))
     else:

