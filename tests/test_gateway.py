@@ -32,22 +32,25 @@ class Fleet:
         body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8}
         return httpx.post(f"{self.gateway.url}/v1/chat/completions", json=body, timeout=300)
 
+    def per_upstream(self, metric: str) -> dict[str, float]:
+        """One of the gateway's per-upstream gauges or counters, by upstream (its /metrics)."""
+        text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
+        found = re.findall(rf'{metric}\{{upstream="([^"]+)"\}} (\S+)', text)
+        return {url: float(value) for url, value in found}
+
     def wait_all_healthy(self, timeout_s: float = 120) -> None:
-        """Until the gateway has every upstream in its rotation (its /metrics)."""
+        """Until the gateway has every upstream in its rotation."""
         deadline = time.monotonic() + timeout_s
         while True:
-            text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
-            up = re.findall(r'switchboard_upstream_healthy\{upstream="[^"]+"\} (\S+)', text)
-            if len(up) == len(self.upstreams) and all(float(v) == 1.0 for v in up):
+            up = self.per_upstream("switchboard_upstream_healthy")
+            if len(up) == len(self.upstreams) and all(v == 1.0 for v in up.values()):
                 return
-            assert time.monotonic() < deadline, text
+            assert time.monotonic() < deadline, up
             time.sleep(0.5)
 
     def sent(self) -> dict[str, float]:
-        """Requests the gateway has sent to each upstream (its /metrics)."""
-        text = httpx.get(f"{self.gateway.url}/metrics", timeout=30).text
-        found = re.findall(r'switchboard_upstream_seconds_count\{upstream="([^"]+)"\} (\S+)', text)
-        return {url: float(count) for url, count in found}
+        """Requests the gateway has sent to each upstream."""
+        return self.per_upstream("switchboard_upstream_seconds_count")
 
 
 @pytest.fixture(scope="module")
