@@ -19,8 +19,9 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,8 +33,7 @@ from registry.tensors import sha256_file
 
 log = logging.getLogger(__name__)
 
-_CHECKOUT_ATTEMPTS = 5
-_HOLDS = ".holds"  # lock files, one per version, beside the checkouts
+_HOLDS = ".holds"  # lock files (holds and builds), per version, beside the checkouts
 
 
 def content_digest(files: dict[str, FileEntry]) -> str:
@@ -92,21 +92,24 @@ class VersionFiles:
         self.checkouts = checkouts
         self.max_bytes = max_bytes
         self._holds: dict[str, int] = {}  # served name -> the lock file this process holds
+        self._holds_lock = threading.Lock()  # a server's threads hold a version once, not twice
 
     def hold(self, served_name: str) -> None:
         """Keep this version's checkout from eviction while this process runs (or `release`)."""
-        if served_name in self._holds:
-            return
-        locks = self.checkouts / _HOLDS
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{served_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        self._holds[served_name] = fd
+        with self._holds_lock:
+            if served_name in self._holds:
+                return
+            locks = self.checkouts / _HOLDS
+            locks.mkdir(parents=True, exist_ok=True)
+            fd = os.open(locks / f"{served_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._holds[served_name] = fd
 
     def release(self) -> None:
-        for fd in self._holds.values():
-            os.close(fd)  # closing the file drops its lock
-        self._holds.clear()
+        with self._holds_lock:
+            for fd in self._holds.values():
+                os.close(fd)  # closing the file drops its lock
+            self._holds.clear()
 
     def evict(self, keep: Path) -> list[str]:
         """Remove least recently used checkouts that no process holds until the cache fits
@@ -150,8 +153,9 @@ class VersionFiles:
     def drop(self, served_name: str) -> bool:
         """Remove this version's checkout now, unless a process holds it (then eviction
         takes it later). True when it was removed."""
-        if served_name in self._holds:
-            os.close(self._holds.pop(served_name))
+        with self._holds_lock:
+            if served_name in self._holds:
+                os.close(self._holds.pop(served_name))
         directory = self.checkouts / served_name
         return directory.is_dir() and self._remove(directory)
 
@@ -181,34 +185,47 @@ class VersionFiles:
         """A verified directory of the version's files (re-hashed on every call).
 
         Concurrent checkouts (threads of a server, other processes) must never remove a good
-        directory under a reader: a directory is replaced only when it fails verification,
-        and then by renames, so a reader sees the old files, the new ones, or none (retry).
+        directory under a reader. So a version's directory is built, or replaced, by one
+        builder at a time (an exclusive lock) and only once it fails verification under that
+        lock; it appears by renames, so a reader sees the whole old directory, the whole new
+        one, or none (and then waits for the builder).
         """
         self.hold(info.served_name)  # first: an evicting process must not take it now
         target = self.checkouts / info.served_name
-        for _ in range(_CHECKOUT_ATTEMPTS):
-            if _verified(target, files):
-                os.utime(target)  # recently used
-                return target
-            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-            try:
-                self.materialise(info, files, manifest(), staging)
-                try:
-                    staging.rename(target)
-                    self.evict(keep=target)
-                    return target
-                except OSError:  # a directory is there: someone else's, or a damaged one
-                    if _verified(target, files):
-                        return target
-                    damaged = Path(f"{staging}.damaged")
-                    with contextlib.suppress(OSError):
-                        target.rename(damaged)
-                    shutil.rmtree(damaged, ignore_errors=True)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        raise SwitchboardError(
-            ErrorCode.CONFLICT, f"could not check out {info.ref}: its directory kept changing"
-        )
+        if not _verified(target, files):
+            with self._building(info.served_name):
+                if not _verified(target, files):  # not rebuilt while this one waited
+                    self._build(info, files, manifest(), target)
+            self.evict(keep=target)
+        os.utime(target)  # recently used
+        return target
+
+    def _build(
+        self, info: VersionInfo, files: dict[str, FileEntry], manifest: str, target: Path
+    ) -> None:
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        try:
+            self.materialise(info, files, manifest, staging)
+            if target.exists() or target.is_symlink():  # damaged: out of the way, whole
+                damaged = Path(f"{staging}.damaged")
+                target.rename(damaged)
+                shutil.rmtree(damaged, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _building(self, served_name: str) -> Iterator[None]:
+        """The version's build lock: exclusive across this process's threads (each opens its
+        own file description) and across processes; the kernel drops it if a builder dies."""
+        locks = self.checkouts / _HOLDS
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{served_name}.build", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def materialise(
         self, info: VersionInfo, files: dict[str, FileEntry], manifest: str, dest: Path

@@ -397,8 +397,8 @@ def test_concurrent_checkouts_all_get_whole_verified_files(
 
     manifest = registry.publish(lora_dir, "legal", tiny_base)
     expected = manifest.files["adapter_model.safetensors"].sha256
-    for round_ in range(3):
-        if round_ == 1:  # a damaged checkout: replaced, never handed out
+    for round_ in range(8):  # the first round builds it; every later one finds it damaged
+        if round_:  # replaced, never handed out, and the good new one never removed
             path = registry.checkout("legal")[1] / "adapter_model.safetensors"
             path.write_bytes(b"damaged")
         barrier = threading.Barrier(12)
