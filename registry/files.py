@@ -99,11 +99,15 @@ class VersionFiles:
         with self._holds_lock:
             if served_name in self._holds:
                 return
-            locks = self.checkouts / _HOLDS
-            locks.mkdir(parents=True, exist_ok=True)
-            fd = os.open(locks / f"{served_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._lock_file(f"{served_name}.lock")
             fcntl.flock(fd, fcntl.LOCK_SH)
             self._holds[served_name] = fd
+
+    def _lock_file(self, name: str) -> int:
+        """An open descriptor on one of the lock files beside the checkouts (made if new)."""
+        locks = self.checkouts / _HOLDS
+        locks.mkdir(parents=True, exist_ok=True)
+        return os.open(locks / name, os.O_RDWR | os.O_CREAT, 0o644)
 
     def release(self) -> None:
         with self._holds_lock:
@@ -161,9 +165,7 @@ class VersionFiles:
 
     def _remove(self, directory: Path) -> bool:
         """Remove a checkout no process holds (tried under an exclusive lock on its hold)."""
-        lock = self.checkouts / _HOLDS / f"{directory.name}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_file(f"{directory.name}.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no process holds it
         except BlockingIOError:
@@ -196,7 +198,7 @@ class VersionFiles:
             with self._building(info.served_name):
                 if not _verified(target, files):  # not rebuilt while this one waited
                     self._build(info, files, manifest(), target)
-            self.evict(keep=target)
+                    self.evict(keep=target)
         os.utime(target)  # recently used
         return target
 
@@ -218,9 +220,7 @@ class VersionFiles:
     def _building(self, served_name: str) -> Iterator[None]:
         """The version's build lock: exclusive across this process's threads (each opens its
         own file description) and across processes; the kernel drops it if a builder dies."""
-        locks = self.checkouts / _HOLDS
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{served_name}.build", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_file(f"{served_name}.build")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
