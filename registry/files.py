@@ -27,6 +27,7 @@ from pathlib import Path
 
 from registry.blobs import BlobStore
 from registry.errors import ErrorCode, SwitchboardError
+from registry.installs import remove_whole, swap_in
 from registry.manifest import MANIFEST_FILE, FileEntry, ManifestDraft
 from registry.records import VersionInfo
 from registry.tensors import sha256_file
@@ -172,9 +173,7 @@ class VersionFiles:
             os.close(fd)
             return False
         try:
-            doomed = directory.with_name(f".{directory.name}.evicted-{uuid.uuid4().hex}")
-            directory.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_whole(directory)
             return True
         except OSError:  # gone already (another process removed it)
             return False
@@ -208,11 +207,7 @@ class VersionFiles:
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
             self.materialise(info, files, manifest, staging)
-            if target.exists() or target.is_symlink():  # damaged: out of the way, whole
-                damaged = Path(f"{staging}.damaged")
-                target.rename(damaged)
-                shutil.rmtree(damaged, ignore_errors=True)
-            staging.rename(target)
+            swap_in(staging, target)  # a damaged one goes
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

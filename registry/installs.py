@@ -1,6 +1,7 @@
-"""Building a directory into a cache once, atomically, however many processes ask at once.
+"""Cache directories that appear and disappear whole, however many processes ask at once.
 
-Used for what is fetched and assembled on first use: base models and sentence encoders.
+`install_once` builds what is fetched and assembled on first use (base models, sentence
+encoders); `swap_in` and `remove_whole` also serve the adapter checkouts (`registry.files`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,10 +58,28 @@ def install_once(
                 "created_at": datetime.now(UTC).isoformat(),
             }
             (staging / record).write_text(json.dumps(written, indent=2) + "\n")
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+            swap_in(staging, target)  # an incomplete one (no record) goes
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(workdir, ignore_errors=True)
     log.info("%s installed into %s", name, target)
     return target, True
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Put the built directory `staging` at `target` by one rename, after removing whole
+    whatever is there. The caller holds the lock that makes it the only builder."""
+    if target.exists() or target.is_symlink():
+        remove_whole(target)
+    staging.rename(target)
+
+
+def remove_whole(directory: Path) -> None:
+    """Remove `directory` by renaming it aside first, so that no reader finds it half
+    removed. Raises `FileNotFoundError` where it is gone already."""
+    doomed = directory.with_name(f".{directory.name}.removed-{uuid.uuid4().hex}")
+    directory.rename(doomed)
+    if doomed.is_symlink():
+        doomed.unlink()
+    else:
+        shutil.rmtree(doomed, ignore_errors=True)
