@@ -13,7 +13,6 @@ process holds are removed, never one in use.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import logging
@@ -21,9 +20,11 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from filelock import FileLock
 
 from registry.blobs import BlobStore
 from registry.errors import ErrorCode, SwitchboardError
@@ -106,9 +107,12 @@ class VersionFiles:
 
     def _lock_file(self, name: str) -> int:
         """An open descriptor on one of the lock files beside the checkouts (made if new)."""
+        return os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _lock_path(self, name: str) -> Path:
         locks = self.checkouts / _HOLDS
         locks.mkdir(parents=True, exist_ok=True)
-        return os.open(locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+        return locks / name
 
     def release(self) -> None:
         with self._holds_lock:
@@ -211,16 +215,10 @@ class VersionFiles:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def _building(self, served_name: str) -> Iterator[None]:
-        """The version's build lock: exclusive across this process's threads (each opens its
-        own file description) and across processes; the kernel drops it if a builder dies."""
-        fd = self._lock_file(f"{served_name}.build")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _building(self, served_name: str) -> FileLock:
+        """The version's build lock, as `install_once` takes one: a new lock object per call,
+        so it excludes this process's threads as well as other processes."""
+        return FileLock(str(self._lock_path(f"{served_name}.build")))
 
     def materialise(
         self, info: VersionInfo, files: dict[str, FileEntry], manifest: str, dest: Path
