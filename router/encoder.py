@@ -42,6 +42,27 @@ def directory_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _usable_device(name: str) -> str:
+    """`name` if torch can run the encoder there, else an error that says why (torch's own
+    come late, at the first encode, or name a list of backends)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            f"encoder device {name!r} is not a device: use cpu, cuda or cuda:N",
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            f"encoder device {name!r}: this machine has no CUDA GPU that torch "
+            f"{torch.__version__} can use; use cpu",
+        )
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A request as the encoder will see it."""
@@ -63,7 +84,7 @@ class Encoder:
                 ErrorCode.NOT_FOUND, f"{path} is not a sentence-transformers model directory"
             )
         self.path = path
-        model = SentenceTransformer(str(path), device=device)
+        model = SentenceTransformer(str(path), device=_usable_device(device))
         self.model: Any = model
         self.max_tokens = int(model.max_seq_length or 512)
         dimension = getattr(model, "get_embedding_dimension", None) or (

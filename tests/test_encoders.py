@@ -60,6 +60,19 @@ def test_unknown_and_unpulled_encoders_are_refused_with_what_exists(tmp_path: Pa
         build_router(RouterSettings(encoder="all-mpnet-base-v2"), routes, tmp_path)
 
 
+def test_a_device_torch_cannot_use_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    with pytest.raises(SwitchboardError, match="'gpu' is not a device: use cpu, cuda") as bad:
+        Encoder(device="gpu")
+    assert bad.value.code == ErrorCode.INVALID_INPUT
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        return  # the missing-GPU case needs a machine without one
+    routes = FileRoutes(_routes(tmp_path / "routes.jsonl"))
+    with pytest.raises(SwitchboardError, match="no CUDA GPU") as missing:
+        build_router(RouterSettings(encoder_device="cuda"), routes, tmp_path)
+    assert missing.value.code == ErrorCode.INVALID_INPUT
+
+
 def _routes(path: Path) -> Path:
     """The demo's math and SQL requests as two routes, its general requests as `base`."""
     rows = [
