@@ -16,6 +16,7 @@ import numpy as np
 
 from registry.errors import ErrorCode, SwitchboardError
 from registry.tensors import sha256_file
+from router.devices import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +43,6 @@ def directory_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _usable_device(name: str) -> str:
-    """`name` if torch can run the encoder there, else an error that says why (torch's own
-    come late, at the first encode, or name a list of backends)."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT,
-            f"encoder device {name!r} is not a device: use cpu, cuda or cuda:N",
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT,
-            f"encoder device {name!r}: this machine has no CUDA GPU that torch "
-            f"{torch.__version__} can use; use cpu",
-        )
-    return name
-
-
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A request as the encoder will see it."""
@@ -75,7 +55,7 @@ class Prepared:
 class Encoder:
     """A sentence-transformers model; `identity` keys every cache of its vectors."""
 
-    def __init__(self, model_dir: Path | None = None, device: str = "cpu") -> None:
+    def __init__(self, model_dir: Path | None = None, device: str = "auto") -> None:
         from sentence_transformers import SentenceTransformer
 
         path = (model_dir or default_model_dir()).expanduser()
@@ -84,7 +64,7 @@ class Encoder:
                 ErrorCode.NOT_FOUND, f"{path} is not a sentence-transformers model directory"
             )
         self.path = path
-        model = SentenceTransformer(str(path), device=_usable_device(device))
+        model = SentenceTransformer(str(path), device=str(torch_device(device, "encoder device")))
         self.model: Any = model
         self.max_tokens = int(model.max_seq_length or 512)
         dimension = getattr(model, "get_embedding_dimension", None) or (

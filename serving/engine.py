@@ -48,6 +48,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    ignore_eos: bool = False  # decode past end of sequence, to max_tokens (vLLM's field)
 
     def __post_init__(self) -> None:
         low, high = SEED_RANGE
@@ -97,6 +98,17 @@ class Generation:
 TokenCallback = Callable[[int], None]
 
 
+@dataclass(frozen=True, slots=True)
+class EngineChoice:
+    """Which engine serves, where, and why (the reason `engine auto` gives, or the setting
+    that named it): logged at start and answered by `/readyz`."""
+
+    engine: str
+    device: str
+    dtype: str
+    reason: str
+
+
 class Engine(Protocol):
     """One interface over vLLM, transformers+PEFT and a gateway's upstreams, as the service
     drives it."""
@@ -104,6 +116,7 @@ class Engine(Protocol):
     name: str
     max_model_len: int
     tokens: Tokens
+    choice: EngineChoice | None  # set by `build_engine`
 
     @property
     def ready(self) -> bool:

@@ -14,6 +14,10 @@ Masks cover every cached column, so a row's position is the count of its real to
 `generate` computes it (left padding); a prefix adapter's rows start from its virtual tokens'
 cache, which the mask and so the positions count, as in PEFT's generation. Greedy tokens are
 `generate`'s own whatever a row is batched with.
+
+Everything stays on the model's device: sampling, the cache and its merges, the next tokens
+fed. What crosses to the host is the step's chosen token ids, once (ends and stop strings
+are decided on them); what crosses back is the index of the rows kept, when some ended.
 """
 
 from __future__ import annotations
@@ -41,12 +45,8 @@ class Row:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     ended: str | None = None  # "stop", "length", "cancelled"
     streamed: bool = False  # a token was handed out
-    generator: torch.Generator | None = None
-
-    def __post_init__(self) -> None:
-        p = self.params
-        if not p.greedy and p.seed is not None:
-            self.generator = torch.Generator().manual_seed(p.seed)
+    generator: torch.Generator | None = None  # a seeded row's, on the batch's device
+    span: int = 0  # cached columns from the row's first real one to the end
 
     @property
     def params(self) -> SamplingParams:
@@ -63,9 +63,10 @@ class Row:
         return Generation(text, tuple(self.made), len(self.prompt_ids), finish, logprobs)
 
 
-def choose(rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
+def choose(rows: Sequence[Row], logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
     """Each row's next token by its own settings (greedy, or temperature and top-p with its
-    own generator), recording the model's log probabilities where the row asked for them."""
+    own generator), recording the model's log probabilities where the row asked for them:
+    as ids, and as a tensor on the logits' device (what the next step feeds)."""
     logits = logits.float()
     chosen = logits.argmax(dim=-1)
     for slot, row in enumerate(rows):
@@ -76,23 +77,28 @@ def choose(rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
         if p.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             outside = ordered.cumsum(0) - ordered >= p.top_p  # past the nucleus
-            probs = probs.scatter(0, order[outside], 0.0)
+            probs = probs.scatter(0, order, ordered.masked_fill(outside, 0.0))  # no sync
         chosen[slot] = torch.multinomial(probs, 1, generator=row.generator)[0]
+    tokens: list[int] = chosen.tolist()  # the step's one crossing to the host
     wanted = [slot for slot, row in enumerate(rows) if row.params.logprobs is not None]
     if wanted:
-        logp = torch.log_softmax(logits, dim=-1)
-        for slot in wanted:
-            k = rows[slot].params.logprobs or 0
-            top = logp[slot].topk(k) if k else None
-            pairs = (
-                zip(top.indices.tolist(), top.values.tolist(), strict=True)
-                if top is not None
-                else ()
-            )
-            token = int(chosen[slot])
-            rows[slot].logprobs.append(TokenLogprob(token, float(logp[slot, token]), tuple(pairs)))
-    tokens: list[int] = chosen.tolist()
-    return tokens
+        _record_logprobs([rows[s] for s in wanted], logits[wanted], [tokens[s] for s in wanted])
+    return tokens, chosen
+
+
+def _record_logprobs(rows: list[Row], logits: torch.Tensor, tokens: list[int]) -> None:
+    """The chosen tokens' log probabilities and each row's top k, moved to the host at once."""
+    logp = torch.log_softmax(logits, dim=-1)
+    most = max(row.params.logprobs or 0 for row in rows)
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1))[:, 0]
+    top = logp.topk(most) if most else None
+    picked: list[float] = chosen.tolist()
+    ids: list[list[int]] = top.indices.tolist() if top is not None else [[] for _ in rows]
+    values: list[list[float]] = top.values.tolist() if top is not None else [[] for _ in rows]
+    for i, row in enumerate(rows):
+        k = row.params.logprobs or 0
+        pairs = tuple(zip(ids[i][:k], values[i][:k], strict=True))
+        row.logprobs.append(TokenLogprob(tokens[i], picked[i], pairs))
 
 
 # A prefill pads every row to its group's longest prompt, and padding costs as much as real
@@ -132,6 +138,7 @@ class DecodeBatch:
         left: Callable[[int], bool],
     ) -> None:
         self.model = model
+        self.device: torch.device = model.device
         self.eos = eos
         self.pad = pad
         self.text_of = text_of
@@ -154,16 +161,24 @@ class DecodeBatch:
         rows = sorted(rows, key=lambda r: r.lora_name)
         width = max(len(r.prompt_ids) for r in rows)
         pads = [width - len(r.prompt_ids) for r in rows]  # left padding
-        ids = torch.tensor([[self.pad] * n + r.prompt_ids for n, r in zip(pads, rows, strict=True)])
-        mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads])
         cache = prefix if prefix is not None else DynamicCache()
         virtual = cache.get_seq_length() if prefix is not None else 0
-        mask = torch.cat([mask.new_ones(len(rows), virtual), mask], dim=1)
+        ids = torch.tensor(
+            [[self.pad] * n + r.prompt_ids for n, r in zip(pads, rows, strict=True)],
+            device=self.device,
+        )
+        mask = torch.tensor(
+            [[1] * virtual + [0] * n + [1] * (width - n) for n in pads], device=self.device
+        )
         positions = (mask.cumsum(-1) - 1)[:, virtual:].masked_fill(mask[:, virtual:] == 0, 1)
-        tokens = self._forward(rows, ids, mask, positions, cache)
+        for row, pad in zip(rows, pads, strict=True):
+            row.span = virtual + width - (0 if virtual else pad)
+            if not row.params.greedy and row.params.seed is not None:
+                row.generator = torch.Generator(self.device).manual_seed(row.params.seed)
+        tokens, chosen = self._forward(rows, ids, mask, positions, cache)
         ended, keep = self._take(rows, tokens)
         if keep:
-            self._merge([rows[i] for i in keep], cache, mask, tokens, keep)
+            self._merge([rows[i] for i in keep], cache, mask, chosen, keep)
         return ended
 
     def step(self) -> list[Row]:
@@ -171,16 +186,19 @@ class DecodeBatch:
         assert self.mask is not None and self.next is not None
         mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         positions = mask.sum(dim=1, keepdim=True) - 1
-        tokens = self._forward(self.rows, self.next, mask, positions, self.cache)
+        tokens, chosen = self._forward(self.rows, self.next, mask, positions, self.cache)
         self.mask = mask
+        for row in self.rows:
+            row.span += 1
         ended, keep = self._take(self.rows, tokens)
         if len(keep) < len(self.rows):  # drop what ended: its rows, its cache
-            index = torch.tensor(keep, dtype=torch.long)
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
             self.cache.batch_select_indices(index)
             self.mask = self.mask[index]
+            chosen = chosen[index]
             self.rows = [self.rows[i] for i in keep]
             self._trim()
-        self.next = torch.tensor([[tokens[i]] for i in keep], dtype=torch.long)
+        self.next = chosen.unsqueeze(1)
         return ended
 
     def _forward(
@@ -190,7 +208,7 @@ class DecodeBatch:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: Any,
-    ) -> list[int]:
+    ) -> tuple[list[int], torch.Tensor]:
         self.plan(rows)
         with torch.inference_mode():
             out = self.model(
@@ -218,7 +236,7 @@ class DecodeBatch:
 
     def _end(self, row: Row, token: int) -> str | None:
         """Take one token for a row; how the row ended with it, if it did."""
-        if token == self.eos:
+        if token == self.eos and not row.params.ignore_eos:
             return "stop"
         row.made.append(token)
         row.streamed = True
@@ -228,14 +246,15 @@ class DecodeBatch:
         return "length" if len(row.made) >= row.params.max_tokens else None
 
     def _merge(
-        self, rows: list[Row], cache: Any, mask: torch.Tensor, tokens: list[int], keep: list[int]
+        self, rows: list[Row], cache: Any, mask: torch.Tensor, chosen: torch.Tensor, keep: list[int]
     ) -> None:
-        """Join prefilled rows (slots `keep` of their batch) to the running ones."""
-        index = torch.tensor(keep, dtype=torch.long)
+        """Join prefilled rows (slots `keep` of their batch, `chosen` their first tokens) to
+        the running ones."""
         if len(keep) < mask.shape[0]:
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
             cache.batch_select_indices(index)
-            mask = mask[index]
-        chosen = torch.tensor([[tokens[i]] for i in keep], dtype=torch.long)
+            mask, chosen = mask[index], chosen[index]
+        chosen = chosen.unsqueeze(1)
         if not self.rows:
             self.rows, self.cache, self.mask, self.next = rows, cache, mask, chosen
             return
@@ -243,7 +262,11 @@ class DecodeBatch:
         width = max(self.mask.shape[1], mask.shape[1])
         joined = self.rows + rows
         order = sorted(range(len(joined)), key=lambda i: joined[i].lora_name)
-        reorder = None if order == sorted(order) else torch.tensor(order, dtype=torch.long)
+        reorder = (
+            None
+            if order == sorted(order)
+            else torch.tensor(order, dtype=torch.long, device=self.device)
+        )
 
         def join(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
             pads = [(width - t.shape[dim]) for t in (a, b)]  # left padding on `dim`
@@ -263,11 +286,11 @@ class DecodeBatch:
         self.rows = [joined[i] for i in order]
 
     def _trim(self) -> None:
-        """Drop the leading columns no remaining row uses (padding of rows that ended)."""
+        """Drop the leading columns no remaining row uses (padding of rows that ended),
+        counted on the host: reading the mask would wait for the device."""
         assert self.mask is not None
-        used = self.mask.any(dim=0).nonzero()
-        unused = int(used[0]) if len(used) else 0
-        if unused:
+        unused = self.mask.shape[1] - max((row.span for row in self.rows), default=0)
+        if unused > 0:
             self.mask = self.mask[:, unused:]
             for layer in _layers(self.cache):
                 layer.keys = layer.keys[:, :, unused:]

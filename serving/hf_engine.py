@@ -11,6 +11,10 @@ tokens' cache; its rows then decode like any other.
 A request that fails (its adapter does not load, its prompt does not fit) gets its error in
 its place; a prefill or step that fails as a whole runs its rows again one by one. `serve`
 is not re-entrant: one caller (the server's batcher) drives it.
+
+Everything lives on one torch device (`device`: auto, cpu, cuda, cuda:N): the base, the LoRA
+weights, prefix adapters' caches and the batch's KV cache. A device torch cannot use is
+refused before the base loads.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
+from router.devices import default_dtype, torch_device
 from serving.batched_lora import LoRASet, LoRAWeights, load_lora
 from serving.batcher import Batcher
 from serving.engine import (
     AdapterSpec,
+    EngineChoice,
     Generation,
     GenerationRequest,
     TokenCallback,
@@ -61,28 +67,46 @@ class _LRU(Generic[V]):
         return item
 
 
+# Rows decoding together by default: past 32 a CPU step grows with the batch; a GPU step
+# is bound by reading the weights until far more rows.
+MAX_BATCH = {"cpu": 32, "cuda": 256}
+
+
 class HFEngine:
     name = "hf"
     ready = True  # once started
+    choice: EngineChoice | None = None
 
     def __init__(
         self,
         base_dir: Path,
         *,
         max_adapters: int = 8,
-        dtype: str = "float32",
+        device: str = "auto",
+        dtype: str | None = None,
         max_model_len: int | None = None,
-        max_batch: int = 32,
+        max_batch: int | None = None,
+        load_format: Literal["auto", "dummy"] = "auto",
     ) -> None:
+        """`load_format="dummy"`: random weights of the base's shape, built on the device
+        (benchmarks at a real model's size with no weights to download, as in vLLM)."""
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
+        self.device = torch_device(device, "engine device")  # before anything loads
+        self.dtype = dtype or default_dtype(self.device)
+        torch_dtype = getattr(torch, self.dtype)
         self.tokens = Tokens(base_dir)
         self.tokenizer: Any = self.tokens.tokenizer
         self.tokenizer.padding_side = "left"  # generation continues each row at its end
-        self.model: Any = AutoModelForCausalLM.from_pretrained(
-            base_dir, dtype=getattr(torch, dtype)
-        ).eval()
+        if load_format == "dummy":
+            with self.device:
+                config = AutoConfig.from_pretrained(base_dir)
+                self.model: Any = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype)
+        self.model = self.model.to(self.device).eval()
+        log.info("transformers engine: base on %s in %s", self.device, self.dtype)
         limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_model_len = min(max_model_len or limit, limit)
         self.max_adapters = max_adapters
@@ -90,7 +114,7 @@ class HFEngine:
         self._loras: _LRU[LoRAWeights] = _LRU(max_adapters, "LoRA")
         self._prefixes: _LRU[Any] = _LRU(max_adapters, "prefix adapter")  # -> PeftModel
         self._lock = threading.Lock()
-        self.max_batch = max_batch
+        self.max_batch = max_batch or MAX_BATCH[self.device.type]
         self._batcher = Batcher(self.serve)
 
     def refuses(self, method: str, rank: int | None) -> str | None:
@@ -111,7 +135,7 @@ class HFEngine:
 
     def _load_lora(self, adapter: AdapterSpec) -> LoRAWeights:
         def load() -> LoRAWeights:
-            weights = load_lora(adapter.checkout(), self.model.dtype)
+            weights = load_lora(adapter.checkout(), self.model.dtype, self.device)
             self._lora_set.wrap(weights)
             return weights
 
@@ -120,10 +144,14 @@ class HFEngine:
     def _load_prefix(self, adapter: AdapterSpec) -> Any:
         from peft import PeftModel
 
-        return self._prefixes.get(
-            adapter.served_name,
-            lambda: PeftModel.from_pretrained(self.model, adapter.checkout()).eval(),
-        )
+        def load() -> Any:
+            model = PeftModel.from_pretrained(self.model, adapter.checkout()).eval()
+            # Its prompt encoder on the base's device (PEFT casts the virtual tokens' cache
+            # to the base's dtype): that cache joins the batch's.
+            model.prompt_encoder.to(self.device)
+            return model
+
+        return self._prefixes.get(adapter.served_name, load)
 
     # ---- generation -------------------------------------------------------------------------
 

@@ -22,10 +22,24 @@ class EngineSettings(BaseModel):
     engine: Literal["auto", "vllm", "hf"] = Field(
         default="auto",
         description="serving engine: vllm (multi-LoRA), hf (transformers+PEFT, also serves "
-        "prefix adapters) or auto (vllm when installed and it supports the base, else hf)",
+        "prefix adapters) or auto (on a GPU vllm where installed and it supports the base, "
+        "else hf; on the CPU hf, which batches mixed adapters faster than vLLM-CPU)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="weights' dtype in the serving engine"
+    device: str = Field(
+        default="auto",
+        description="where the engine (and the router's encoder, unless its own is set) "
+        "runs: auto (CUDA where torch sees a GPU, else the CPU), cpu, cuda or cuda:N",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None,
+        description="weights' dtype in the serving engine; default: bfloat16 on a GPU, "
+        "float32 on the CPU",
+    )
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="transformers engine: requests decoding together at most; default: 32 "
+        "on the CPU, 256 on a GPU",
     )
     max_model_len: int | None = Field(
         default=None, ge=16, description="context length served; default: the base's own"

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import httpx
 
 from registry.errors import ErrorCode, SwitchboardError
-from serving.engine import Generation, GenerationRequest, TokenCallback
+from serving.engine import EngineChoice, Generation, GenerationRequest, TokenCallback
 from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class _BeforeFirstToken(Exception):
 
 class UpstreamEngine:
     name = "upstream"
+    choice: EngineChoice | None = None
 
     def __init__(
         self,
@@ -220,6 +221,8 @@ class UpstreamEngine:
         }
         if p.logprobs is not None:
             body["logprobs"] = p.logprobs
+        if p.ignore_eos:
+            body["ignore_eos"] = True
         # Streamed only for a caller that takes tokens as they come: one answer is cheaper
         # for both sides than a stream of events.
         if on_token is not None:

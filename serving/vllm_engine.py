@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.engine import Generation, GenerationRequest, TokenCallback, TokenLogprob
+from serving.engine import (
+    EngineChoice,
+    Generation,
+    GenerationRequest,
+    TokenCallback,
+    TokenLogprob,
+)
 from serving.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,8 @@ class VLLMOptions:
     dtype: str = "float32"
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.5
+    max_num_seqs: int | None = None  # requests decoding together; None: vLLM's default
+    load_format: str = "auto"  # "dummy": random weights of the base's shape (benchmarks)
 
 
 def vllm_supports(base_dir: Path) -> str | None:
@@ -55,6 +63,7 @@ def vllm_supports(base_dir: Path) -> str | None:
 class VLLMEngine:
     name = "vllm"
     ready = True  # once started
+    choice: EngineChoice | None = None
 
     def __init__(self, base_dir: Path, options: VLLMOptions | None = None) -> None:
         self.base_dir = base_dir
@@ -88,7 +97,10 @@ class VLLMEngine:
         settings: dict[str, Any] = {  # checked by Settings; vLLM types them as literals
             "dtype": o.dtype,
             "max_lora_rank": o.max_lora_rank,
+            "load_format": o.load_format,
         }
+        if o.max_num_seqs is not None:
+            settings["max_num_seqs"] = o.max_num_seqs
         args = AsyncEngineArgs(
             model=str(self.base_dir),
             max_model_len=self.max_model_len,
@@ -146,6 +158,7 @@ class VLLMEngine:
             seed=p.seed,
             stop=list(p.stop) or None,
             logprobs=p.logprobs,
+            ignore_eos=p.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
         prompt_ids = self.tokens.encode(request.prompt)
@@ -161,7 +174,7 @@ class VLLMEngine:
             text.append(completion.text)
             steps = completion.logprobs or [None] * len(completion.token_ids)
             for token, step in zip(completion.token_ids, steps, strict=True):
-                if token == self.tokens.eos_id:
+                if token == self.tokens.eos_id and not p.ignore_eos:
                     continue  # as in the transformers engine: the end is not content
                 ids.append(token)
                 if step is not None:

@@ -160,3 +160,40 @@ def still_serves(client: openai.OpenAI, before: Any) -> None:
     assert after.model_extra["switchboard"]["served"]["ref"] == "math:1"
     assert after.choices[0].message.content == before.choices[0].message.content
     assert after.choices[0].finish_reason == before.choices[0].finish_reason
+
+
+def peft_greedy(
+    base_dir: Path,
+    adapter: Path | None,
+    prompt: str,
+    count: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> tuple[list[int], list[tuple[float, float]]]:
+    """PEFT's (or plain transformers') greedy tokens for a prompt, on a fresh model, batch of
+    one, up to its end of sequence; and per step the two largest logits (near-ties show)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
+    model = model.to(device)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).to(device)
+    encoded = tokenizer(prompt, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        out = model.generate(
+            **encoded,
+            max_new_tokens=count,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    tokens: list[int] = out.sequences[0, encoded["input_ids"].shape[1] :].tolist()
+    tops = [tuple(s[0].float().topk(2).values.tolist()) for s in out.scores]
+    eos = tokenizer.eos_token_id
+    end = tokens.index(eos) if eos in tokens else len(tokens)
+    return tokens[:end], tops[:end]  # type: ignore[return-value]

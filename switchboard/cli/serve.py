@@ -16,9 +16,16 @@ def serve(
         Literal["auto", "vllm", "hf"],
         typer.Option(
             help="vllm: multi-LoRA; hf: transformers+PEFT (also prefix adapters); "
-            "auto: vllm when installed and it supports the base."
+            "auto: on a GPU vllm when installed and it supports the base, else hf."
         ),
     ] = "auto",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, cpu, cuda or cuda:N (default: SWITCHBOARD_DEVICE, else auto: CUDA "
+            "where torch sees a GPU)."
+        ),
+    ] = None,
     base: Annotated[
         Path | None, typer.Option(help="Base model: a cached name or a model directory.")
     ] = None,
@@ -41,6 +48,8 @@ def serve(
     if base is not None:
         settings.base = str(base)
     settings.engine = engine
+    if device is not None:
+        settings.device = device
     if upstream:
         settings.upstreams = upstream
     open_base(ctx, settings.base)  # a missing base fails here, saying how to get it
