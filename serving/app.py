@@ -25,7 +25,7 @@ from serving import admin
 from serving.auth import check_mix
 from serving.body_limit import BodyLimit
 from serving.build import build_service
-from serving.deps import KeyDep, ServiceDep
+from serving.deps import STARTING, KeyDep, ServiceDep
 from serving.engine import Generation, GenerationRequest, SamplingParams
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
@@ -79,12 +79,15 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
+        if not request.app.state.ready:  # no service yet
+            return JSONResponse({"ready": False, "reason": STARTING}, status_code=503)
         engine = request.app.state.service.engine
-        ready = bool(request.app.state.ready) and engine.ready
-        body: dict[str, Any] = {"ready": ready}
+        body: dict[str, Any] = {"ready": engine.ready}
+        if not engine.ready:
+            body["reason"] = engine.unready_reason or "the engine is not ready"
         if engine.choice is not None:  # which engine serves, where, and why
             body["engine"] = dataclasses.asdict(engine.choice)
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=200 if engine.ready else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

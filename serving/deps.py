@@ -12,11 +12,13 @@ from registry.store import Registry
 from serving.auth import check_key
 from serving.service import Service
 
+STARTING = "the server is starting"
+
 
 async def get_service(request: Request) -> Service:
     # async though it never waits: FastAPI would run a sync dependency in a thread.
-    if not request.app.state.ready:
-        raise SwitchboardError(ErrorCode.CAPACITY, "the server is starting")
+    if not request.app.state.ready:  # a 503: come back later (not a 429 rate limit)
+        raise SwitchboardError(ErrorCode.UNAVAILABLE, STARTING)
     service: Service = request.app.state.service
     return service
 

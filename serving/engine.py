@@ -123,6 +123,11 @@ class Engine(Protocol):
         """Whether it can take requests once started (a gateway: while an upstream is up)."""
         ...
 
+    @property
+    def unready_reason(self) -> str | None:
+        """Why it cannot take requests now (`/readyz` says it), or None."""
+        ...
+
     def refuses(self, method: str, rank: int | None) -> str | None:
         """Why this engine cannot serve an adapter of this method and rank (None: it can)."""
         ...

@@ -75,6 +75,7 @@ MAX_BATCH = {"cpu": 32, "cuda": 256}
 class HFEngine:
     name = "hf"
     ready = True  # once started
+    unready_reason: str | None = None
     choice: EngineChoice | None = None
 
     def __init__(

@@ -41,12 +41,30 @@ from serving.tokens import Tokens
 log = logging.getLogger(__name__)
 
 Policy = Literal["affinity", "round-robin"]
+NOT_CHECKED = "not checked yet"
+
+
+def api_root(url: str) -> str:
+    """An upstream's URL up to its API root. Both forms users write are taken: the server's
+    (`http://h:8000`) and the OpenAI clients' base URL (`http://h:8000/v1`)."""
+    root = url.strip().rstrip("/")
+    try:
+        parsed = httpx.URL(root)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            f"upstream {url!r} is not an http(s) URL such as http://10.0.0.5:8000",
+        )
+    return root.removesuffix("/v1")
 
 
 @dataclass(eq=False)
 class Upstream:
     url: str  # up to the API root, e.g. http://10.0.0.5:8000
     healthy: bool = False  # until its first health check passes
+    problem: str | None = NOT_CHECKED  # why it is out of the rotation
     in_flight: int = 0
     base_model: str | None = None  # what its /v1/models calls the base
     max_model_len: int | None = None
@@ -70,7 +88,7 @@ class UpstreamPool:
     ) -> None:
         if not urls:
             raise SwitchboardError(ErrorCode.INVALID_INPUT, "a gateway needs an upstream")
-        self.upstreams = [Upstream(url.rstrip("/")) for url in urls]
+        self.upstreams = [Upstream(api_root(url)) for url in urls]
         self.max_in_flight = max_in_flight
         self.policy = policy
         self._turn = itertools.count()
@@ -78,6 +96,14 @@ class UpstreamPool:
     @property
     def ready(self) -> bool:
         return any(u.healthy for u in self.upstreams)
+
+    @property
+    def unready_reason(self) -> str | None:
+        if self.ready:
+            return None
+        return "no upstream is healthy: " + "; ".join(
+            f"{u.url}: {u.problem}" for u in self.upstreams
+        )
 
     def choose(self, key: str, exclude: tuple[Upstream, ...] = ()) -> Upstream | None:
         """The upstream for a request on `key` (a served name; "" for the base), or None when
@@ -110,9 +136,15 @@ class UpstreamPool:
             upstream.seconds += time.perf_counter() - start
 
     def failed(self, upstream: Upstream, why: object) -> None:
+        """Out of the rotation, saying why: logged when it leaves, and at its first check (a
+        wrong URL or a server still starting shows at once, not as a silent 503)."""
+        reason = str(why) or type(why).__name__
         if upstream.healthy:
-            log.warning("upstream %s leaves the rotation: %s", upstream.url, why)
+            log.warning("upstream %s leaves the rotation: %s", upstream.url, reason)
+        elif upstream.problem == NOT_CHECKED:
+            log.warning("upstream %s is not in the rotation: %s", upstream.url, reason)
         upstream.healthy = False
+        upstream.problem = reason
 
     async def check(self, client: httpx.AsyncClient, upstream: Upstream) -> None:
         """Ask an upstream's `/v1/models`: healthy if it answers, and what it calls its base."""
@@ -129,7 +161,7 @@ class UpstreamPool:
             log.info("upstream %s is in the rotation", upstream.url)
         upstream.base_model = base["id"]
         upstream.max_model_len = base.get("max_model_len")
-        upstream.healthy = True
+        upstream.healthy, upstream.problem = True, None
 
     async def watch(self, client: httpx.AsyncClient, every_s: float) -> None:
         while True:
@@ -163,6 +195,10 @@ class UpstreamEngine:
     @property
     def ready(self) -> bool:
         return self.pool.ready
+
+    @property
+    def unready_reason(self) -> str | None:
+        return self.pool.unready_reason
 
     def refuses(self, method: str, rank: int | None) -> str | None:
         # The upstreams' resolver refuses what they cannot serve; vLLM serves LoRA only.

@@ -63,6 +63,7 @@ def vllm_supports(base_dir: Path) -> str | None:
 class VLLMEngine:
     name = "vllm"
     ready = True  # once started
+    unready_reason: str | None = None
     choice: EngineChoice | None = None
 
     def __init__(self, base_dir: Path, options: VLLMOptions | None = None) -> None:

@@ -61,9 +61,9 @@ def chain(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
     base = world.base.path
     upstream = switchboard_server(world.home, base, logs / "upstream.log", "--engine", "hf")
     env = {"SWITCHBOARD_MIX_ALLOW": '["*"]'}
-    gateway = switchboard_server(
-        world.home, base, logs / "gw.log", "--upstream", upstream.url, env=env
-    )
+    # The form OpenAI clients take as a base URL: the gateway finds the API root itself.
+    base_url = f"{upstream.url}/v1"
+    gateway = switchboard_server(world.home, base, logs / "gw.log", "--upstream", base_url, env=env)
     try:
         upstream.wait_ready("/readyz", 300)
         gateway.wait_ready("/readyz", 300)

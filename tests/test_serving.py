@@ -297,6 +297,18 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
     assert answer.model_extra["switchboard"]["served"]["ref"] == mixture.ref
 
 
+def test_before_the_engine_is_up_the_server_answers_503_saying_it_is_starting(
+    tmp_path: Path,
+) -> None:
+    http = TestClient(create_app(ServerSettings(home=tmp_path)))  # its lifespan has not run
+    ready = http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {"ready": False, "reason": "the server is starting"}
+    models = http.get("/v1/models")  # come back later: a 503, not a 429 rate limit
+    assert models.status_code == 503, models.text
+    assert models.json()["error"]["message"] == "the server is starting"
+
+
 def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
     """The key check runs before anything else: no model needs to be loaded to test it."""
     settings = ServerSettings(home=tmp_path, api_keys=["client-key"], admin_keys=["admin-key"])

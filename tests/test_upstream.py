@@ -4,6 +4,10 @@ real vLLM servers, is in test_gateway.)"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import httpx
 import pytest
 
 from registry.errors import ErrorCode, SwitchboardError
@@ -94,3 +98,63 @@ def test_metrics_show_each_upstream() -> None:
 def test_a_gateway_needs_an_upstream() -> None:
     with pytest.raises(SwitchboardError, match="needs an upstream"):
         UpstreamPool([])
+
+
+def test_both_url_forms_reach_the_same_api_and_anything_else_is_refused_at_start() -> None:
+    pool = UpstreamPool(["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/", "https://h/api/v1/"])
+    assert [u.url for u in pool.upstreams] == [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.2:8000",
+        "https://h/api",
+    ]
+    for wrong in ("10.0.0.1:8000", "ftp://h", "http://"):
+        with pytest.raises(SwitchboardError, match="not an http\\(s\\) URL") as refused:
+            UpstreamPool([wrong])
+        assert refused.value.code == ErrorCode.INVALID_INPUT
+
+
+def _answering(models: dict[str, object] | None) -> httpx.AsyncClient:
+    """A client whose other side answers /v1/models with `models`, or refuses to connect;
+    every URL it was asked for is kept on it."""
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if models is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path != "/v1/models":
+            return httpx.Response(404)
+        return httpx.Response(200, json=models)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    client.asked = asked  # type: ignore[attr-defined]
+    return client
+
+
+def test_a_failed_first_check_and_every_change_of_health_is_logged_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = UpstreamPool(["http://10.0.0.9:8000/v1"])
+    upstream = pool.upstreams[0]
+    assert pool.unready_reason == "no upstream is healthy: http://10.0.0.9:8000: not checked yet"
+    listing = {"data": [{"id": "base", "max_model_len": 2048}]}
+
+    async def checks() -> list[str]:
+        async with _answering(None) as down, _answering(listing) as up:
+            await pool.check(down, upstream)  # first check fails: said at once
+            await pool.check(down, upstream)  # still down: said once only
+            await pool.check(up, upstream)  # back
+            await pool.check(down, upstream)  # leaves again
+            return [*down.asked, *up.asked]  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="serving.upstream"):
+        asked = asyncio.run(checks())
+    assert set(asked) == {"http://10.0.0.9:8000/v1/models"}  # never /v1/v1/models
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "upstream http://10.0.0.9:8000 is not in the rotation: connection refused",
+        "upstream http://10.0.0.9:8000 is in the rotation",
+        "upstream http://10.0.0.9:8000 leaves the rotation: connection refused",
+    ]
+    assert not pool.ready
+    assert pool.unready_reason == "no upstream is healthy: http://10.0.0.9:8000: connection refused"
