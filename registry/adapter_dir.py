@@ -112,10 +112,17 @@ def lora_config_refusal(config: dict[str, Any]) -> str | None:
         return f"r must be a positive integer, got {rank!r}"
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
         return f"lora_alpha must be a positive number, got {alpha!r}"
-    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    scale = lora_scaling(config)
     if scale > MAX_LORA_SCALE:
         return f"its scale lora_alpha/r = {scale:g} is above {MAX_LORA_SCALE:g}"
     return None
+
+
+def lora_scaling(config: dict[str, Any]) -> float:
+    """What a LoRA's update B·A is multiplied by: lora_alpha / r, or / √r with rsLoRA. The
+    one place this rule lives: checks, the transformers engine and mixtures all ask it."""
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def adapter_problems(path: Path) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from registry.adapter_dir import CONFIG_FILE, lora_config_refusal
+from registry.adapter_dir import CONFIG_FILE, lora_config_refusal, lora_scaling
 from registry.errors import ErrorCode, SwitchboardError
 
 Segment = tuple[int, int, torch.Tensor, torch.Tensor]  # rows [start, end), Aᵀ, s·Bᵀ
@@ -54,7 +53,7 @@ def load_lora(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"
     refusal = lora_config_refusal(config)  # the registry refused these on publish too
     if refusal is not None:
         raise SwitchboardError(ErrorCode.INVALID_ADAPTER, f"{path.name}: {refusal}")
-    alpha = float(config["lora_alpha"])
+    scaling = lora_scaling(config)  # one for all modules: per-module patterns are refused
     tensors = load_file(path / "adapter_model.safetensors")
     weights: LoRAWeights = {}
     for key, a in tensors.items():
@@ -62,8 +61,6 @@ def load_lora(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"
             continue
         module = key.removeprefix(_PREFIX).removesuffix(".lora_A.weight")
         b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        rank = a.shape[0]
-        scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         weights[module] = (
             a.to(device, dtype).t().contiguous(),
             (b.to(device, dtype) * scaling).t().contiguous(),

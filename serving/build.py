@@ -3,14 +3,13 @@ and a router over the adapters that engine can serve for the served base."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from registry.errors import ErrorCode, SwitchboardError
 from registry.records import VersionInfo
 from serving.decision_log import DecisionRecorder
-from serving.engine import Engine, EngineChoice
+from serving.engine import Engine, EngineChoice, served_context
 from serving.service import Service, unservable
 from serving.settings import EngineSettings, ServerSettings
 
@@ -120,8 +119,6 @@ def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
     from serving.tokens import Tokens
     from serving.upstream import UpstreamEngine, UpstreamPool
 
-    config = json.loads((base_dir / "config.json").read_text())
-    context = int(config.get("max_position_embeddings", 2048))
     pool = UpstreamPool(
         settings.upstreams,
         max_in_flight=settings.upstream_max_in_flight,
@@ -131,7 +128,7 @@ def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
     engine = UpstreamEngine(
         Tokens(base_dir),
         pool,
-        max_model_len=min(settings.max_model_len or context, context),
+        max_model_len=served_context(base_dir, settings.max_model_len),
         health_s=settings.upstream_health_s,
     )
     engine.choice = EngineChoice(

@@ -7,6 +7,7 @@ weights under a name it has seen.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,14 @@ class Engine(Protocol):
         """Generate for one request, concurrently with others; `on_token(id)` sees each new
         token as it is made (streaming hooks in there)."""
         ...
+
+
+def served_context(base_dir: Path, wanted: int | None = None) -> int:
+    """The context length served: `wanted` (SWITCHBOARD_MAX_MODEL_LEN), at most the base's
+    own (its config's max_position_embeddings; 2048 where it names none)."""
+    config = json.loads((base_dir / "config.json").read_text())
+    limit = int(config.get("max_position_embeddings", 2048))
+    return min(wanted or limit, limit)
 
 
 def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:

@@ -37,6 +37,7 @@ from serving.engine import (
     GenerationRequest,
     TokenCallback,
     check_context,
+    served_context,
 )
 from serving.feed import Feed, ListFeed
 from serving.hf_decode import DecodeBatch, Row, prefill_groups
@@ -108,8 +109,7 @@ class HFEngine:
             self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype)
         self.model = self.model.to(self.device).eval()
         log.info("transformers engine: base on %s in %s", self.device, self.dtype)
-        limit = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.max_model_len = min(max_model_len or limit, limit)
+        self.max_model_len = served_context(base_dir, max_model_len)
         self.max_adapters = max_adapters
         self._lora_set = LoRASet(self.model)
         self._loras: _LRU[LoRAWeights] = _LRU(max_adapters, "LoRA")

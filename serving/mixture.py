@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
+from registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE, lora_scaling
 from registry.bases import BaseModelInfo
 from registry.errors import ErrorCode, SwitchboardError
 from registry.manifest import Component, ManifestDraft
@@ -117,8 +117,7 @@ def _scale(config: dict[str, Any], module: str, source: str) -> tuple[int, float
             ErrorCode.INVALID_ADAPTER,
             f"{source}: per-module rank_pattern/alpha_pattern are not supported in mixes",
         )
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    return rank, alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    return int(config["r"]), lora_scaling(config)
 
 
 def _write_concatenated(

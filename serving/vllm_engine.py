@@ -27,6 +27,7 @@ from serving.engine import (
     GenerationRequest,
     TokenCallback,
     TokenLogprob,
+    served_context,
 )
 from serving.tokens import Tokens
 
@@ -70,9 +71,7 @@ class VLLMEngine:
         self.base_dir = base_dir
         self.options = options or VLLMOptions()
         self.tokens = Tokens(base_dir)
-        config = json.loads((base_dir / "config.json").read_text())
-        limit = int(config.get("max_position_embeddings", 2048))
-        self.max_model_len = min(self.options.max_model_len or limit, limit)  # vLLM's, once up
+        self.max_model_len = served_context(base_dir, self.options.max_model_len)  # vLLM's, once up
         self._llm: Any = None
         self._ids: dict[str, int] = {}
         self._next_id = itertools.count(1)
