@@ -31,8 +31,8 @@ def build_service(settings: ServerSettings) -> Service:
         return unservable(version, base, engine) is None
 
     routes = RegistryRoutes(registry, accept=servable)
-    device = engine.choice.device if engine.choice else settings.device
-    router = build_router(settings, routes, settings.home_dir, device=device)
+    # The encoder beside the engine (unless its own device is set); a gateway's is local.
+    router = build_router(settings, routes, settings.home_dir, device=settings.device)
     return Service(
         registry,
         router,
