@@ -323,10 +323,10 @@ def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
         allowed = http.post(
             "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
         )
-        assert allowed.status_code == 429  # past the key check: the server is not ready
+        assert allowed.status_code == 503  # past the key check: the server is starting
     assert http.get("/healthz").status_code == 200  # probes need no key
     alias = "/v1/admin/adapters/math/aliases/prod"
-    for key, status in (("client-key", 403), ("admin-key", 429), ("wrong", 401)):
+    for key, status in (("client-key", 403), ("admin-key", 503), ("wrong", 401)):
         answer = http.put(alias, json={"version": 1}, headers={"authorization": f"Bearer {key}"})
         assert answer.status_code == status, key
     assert (
@@ -336,8 +336,8 @@ def test_api_keys_are_enforced_when_configured(tmp_path: Path) -> None:
         ).json()["error"]["message"]
     )
     open_app = TestClient(create_app(ServerSettings(home=tmp_path)))
-    assert open_app.post("/v1/chat/completions", json=body).status_code == 429
-    assert open_app.put(alias, json={"version": 1}).status_code == 429
+    assert open_app.post("/v1/chat/completions", json=body).status_code == 503
+    assert open_app.put(alias, json={"version": 1}).status_code == 503
 
 
 def test_admin_api_moves_aliases_and_route_examples(
