@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -228,6 +228,28 @@ async def engine_run(engine: Any, requests: list[Any], level: int) -> Run:
     return Run(time.perf_counter() - start, sum(made), firsts, made)
 
 
+async def over_levels(
+    system: str,
+    plan: dict[str, Any],
+    texts: list[str],
+    run: Callable[[str, list[str], int], Awaitable[Run]],
+) -> dict[str, Any]:
+    """`run(label, prompts, level)` for the base and mixed loads at every concurrency level,
+    each of `--prompts` requests (default: the level), base and mixed alternating over the
+    repeats; their medians and mixed/base."""
+    results: dict[str, Any] = {}
+    for level in plan["levels"]:
+        count = plan["prompts"] or level
+        chosen = [texts[i % len(texts)] for i in range(count)]
+        runs: dict[str, list[Run]] = {"base": [], "mixed": []}
+        for _ in range(plan["repeats"]):
+            for label, done in runs.items():
+                done.append(await run(label, chosen, level))
+        results[str(level)] = _pair({k: median_run(v) for k, v in runs.items()})
+        log.info("%s at %d: %s", system, level, _brief(results[str(level)]))
+    return results
+
+
 async def measure_engine(
     engine: Any, loras: list[Path], texts: list[str], plan: dict[str, Any]
 ) -> dict[str, Any]:
@@ -242,23 +264,15 @@ async def measure_engine(
         # Every adapter loaded and the kernels warmed, outside the timings.
         await engine_run(engine, [GenerationRequest(texts[0], s, warm) for s in specs], ADAPTERS)
         await engine_run(engine, [GenerationRequest(t, None, warm) for t in texts[:4]], 4)
-        results: dict[str, Any] = {}
-        for level in plan["levels"]:
-            count = plan["prompts"] or level
-            chosen = [texts[i % len(texts)] for i in range(count)]
-            loads = {
-                "base": [GenerationRequest(t, None, params) for t in chosen],
-                "mixed": [
-                    GenerationRequest(t, specs[i % ADAPTERS], params) for i, t in enumerate(chosen)
-                ],
-            }
-            runs: dict[str, list[Run]] = {label: [] for label in loads}
-            for _ in range(plan["repeats"]):
-                for label, load in loads.items():
-                    runs[label].append(await engine_run(engine, load, level))
-            results[str(level)] = _pair({k: median_run(v) for k, v in runs.items()})
-            log.info("%s at %d: %s", engine.name, level, _brief(results[str(level)]))
-        return results
+
+        async def run(label: str, chosen: list[str], level: int) -> Run:
+            requests = [
+                GenerationRequest(t, specs[i % ADAPTERS] if label == "mixed" else None, params)
+                for i, t in enumerate(chosen)
+            ]
+            return await engine_run(engine, requests, level)
+
+        return await over_levels(engine.name, plan, texts, run)
     finally:
         await engine.stop()
 
@@ -324,21 +338,12 @@ def measure_peft(
         return Run(time.perf_counter() - start, sum(made), firsts, made)
 
     wave(texts[:ADAPTERS], names, 2)  # warm-up
-    results: dict[str, Any] = {}
-    for level in plan["levels"]:
-        count = plan["prompts"] or level
-        chosen = [texts[i % len(texts)] for i in range(count)]
-        adapters = {
-            "base": ["__base__"] * count,
-            "mixed": [names[i % ADAPTERS] for i in range(count)],
-        }
-        runs: dict[str, list[Run]] = {label: [] for label in adapters}
-        for _ in range(plan["repeats"]):
-            for label, names_of in adapters.items():
-                runs[label].append(run(chosen, names_of, level))
-        results[str(level)] = _pair({k: median_run(v) for k, v in runs.items()})
-        log.info("peft at %d: %s", level, _brief(results[str(level)]))
-    return results
+
+    async def labelled(label: str, chosen: list[str], level: int) -> Run:
+        mixed = [names[i % ADAPTERS] for i in range(len(chosen))]
+        return run(chosen, mixed if label == "mixed" else ["__base__"] * len(chosen), level)
+
+    return asyncio.run(over_levels("peft", plan, texts, labelled))
 
 
 def limits(shape: Shape, plan: dict[str, Any]) -> dict[str, Any] | None:

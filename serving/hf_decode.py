@@ -82,17 +82,20 @@ def choose(rows: Sequence[Row], logits: torch.Tensor) -> tuple[list[int], torch.
     tokens: list[int] = chosen.tolist()  # the step's one crossing to the host
     wanted = [slot for slot, row in enumerate(rows) if row.params.logprobs is not None]
     if wanted:
-        _record_logprobs([rows[s] for s in wanted], logits[wanted], [tokens[s] for s in wanted])
+        picks = [tokens[s] for s in wanted]
+        _record_logprobs([rows[s] for s in wanted], logits[wanted], chosen[wanted], picks)
     return tokens, chosen
 
 
-def _record_logprobs(rows: list[Row], logits: torch.Tensor, tokens: list[int]) -> None:
-    """The chosen tokens' log probabilities and each row's top k, moved to the host at once."""
+def _record_logprobs(
+    rows: list[Row], logits: torch.Tensor, chosen: torch.Tensor, tokens: list[int]
+) -> None:
+    """The chosen tokens' log probabilities and each row's top k, moved to the host at once
+    (the rows' tokens: `chosen` on the device, `tokens` the same on the host)."""
     logp = torch.log_softmax(logits, dim=-1)
     most = max(row.params.logprobs or 0 for row in rows)
-    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1))[:, 0]
     top = logp.topk(most) if most else None
-    picked: list[float] = chosen.tolist()
+    picked: list[float] = logp.gather(1, chosen.unsqueeze(1))[:, 0].tolist()
     ids: list[list[int]] = top.indices.tolist() if top is not None else [[] for _ in rows]
     values: list[list[float]] = top.values.tolist() if top is not None else [[] for _ in rows]
     for i, row in enumerate(rows):
