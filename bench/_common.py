@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from registry import BaseModelInfo, BaseModels, RegistrySettings
-from switchboard.bases import pull
+from switchboard_lora.base_pull import pull
+from switchboard_lora.registry import BaseModelInfo, BaseModels, RegistrySettings
 
 HomeOption = Annotated[
     Path | None,
@@ -22,8 +22,8 @@ HomeOption = Annotated[
 
 def pulled_encoder(name: str, home: Path | None = None) -> Path:
     """The model directory of encoder `name` (the default, or one pulled into `home` once)."""
-    from router.encoders import EncoderModels
-    from switchboard.encoders import CATALOG, pull
+    from switchboard_lora.encoder_pull import CATALOG, pull
+    from switchboard_lora.router.encoder_cache import EncoderModels
 
     settings = RegistrySettings() if home is None else RegistrySettings(home=home)
     encoders = EncoderModels(settings.home_dir / "encoders")

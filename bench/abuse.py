@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +33,11 @@ import typer
 
 from bench._common import HomeOption, default_base
 from bench.serve import make_lora, requests_of
-from registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
-from registry.experiments.stats import percentile
-from serving.app import create_app
-from serving.settings import ServerSettings
+from support.processes import free_port
+from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
+from switchboard_lora.registry.experiments.stats import percentile
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.settings import ServerSettings
 
 MODELS = ["auto", "base", "math", "sql"]
 BAD_REQUESTS: list[tuple[str, bytes]] = [
@@ -174,7 +174,7 @@ def _serve(settings: ServerSettings, port: int, cores: set[int]) -> None:
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
 
-class ServerProcess:
+class PinnedServer:
     """The app under uvicorn in a process of its own, on the first half of this machine's
     cores; this process (the clients) keeps the other half."""
 
@@ -183,9 +183,7 @@ class ServerProcess:
         half = max(1, (len(cores) + 1) // 2)
         self.server_cores = set(cores[:half])
         self.client_cores = set(cores[half:]) or self.server_cores
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(target=_serve, args=(settings, self.port, self.server_cores))
 
@@ -219,7 +217,7 @@ def run_engine(engine: str, base: BaseModelInfo, home: Path, seconds: float, cli
     registry.close()
     settings = ServerSettings(home=home, base=str(base.path), engine=engine, max_lora_rank=16)
     texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
-    with ServerProcess(settings) as url:
+    with PinnedServer(settings) as url:
         asyncio.run(phase(url, texts, min(10.0, seconds), 4, "clean"))  # warm up
         runs = {name: asyncio.run(phase(url, texts, seconds, clients, name)) for name in phases}
     clean = runs["clean"]

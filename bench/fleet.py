@@ -32,10 +32,10 @@ import httpx
 import typer
 
 from bench._common import HomeOption, default_base
-from bench.processes import ServerProcess, switchboard_server, vllm_server
 from bench.serve import make_lora, requests_of
-from registry import BaseModelInfo, Registry, RegistrySettings
-from registry.experiments.stats import percentile
+from support.processes import ServerProcess, switchboard_server, vllm_server
+from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
+from switchboard_lora.registry.experiments.stats import percentile
 
 LOADED = "Resolved and loaded LoRA adapter"
 

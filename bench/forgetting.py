@@ -21,12 +21,11 @@ from typing import Annotated
 import typer
 
 from bench._common import HomeOption, default_base
-from registry import SwitchboardError
-from switchboard.demo_data import DOMAINS
-from switchboard.forgetting.budget import Budget
-from switchboard.forgetting.report import METHODS, plot, run, table
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from support.paths import DATA
+from switchboard_lora.demo_data import DOMAINS
+from switchboard_lora.forgetting.budget import Budget
+from switchboard_lora.forgetting.report import METHODS, plot, run, table
+from switchboard_lora.registry import SwitchboardError
 
 
 def main(

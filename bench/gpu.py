@@ -39,8 +39,8 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.bases import PROJECTIONS
-from trainer.synthetic import word_tokenizer
+from switchboard_lora.registry.bases import PROJECTIONS
+from switchboard_lora.trainer.synthetic import word_tokenizer
 
 log = logging.getLogger("bench.gpu")
 
@@ -254,7 +254,11 @@ async def measure_engine(
     engine: Any, loras: list[Path], texts: list[str], plan: dict[str, Any]
 ) -> dict[str, Any]:
     """Base and mixed runs of one engine at every concurrency level."""
-    from serving.engine import AdapterSpec, GenerationRequest, SamplingParams
+    from switchboard_lora.serving.engines.interface import (
+        AdapterSpec,
+        GenerationRequest,
+        SamplingParams,
+    )
 
     specs = [AdapterSpec.local(f"bench-{i}-v1", p, "lora") for i, p in enumerate(loras)]
     params = SamplingParams(max_tokens=plan["tokens"], ignore_eos=True)
@@ -499,9 +503,9 @@ def run(shape: Shape, name: str, plan: dict[str, Any], systems: list[str]) -> di
 
     import torch
 
-    from router.devices import torch_device
-    from serving.hf_engine import HFEngine
-    from serving.vllm_engine import VLLMEngine, VLLMOptions
+    from switchboard_lora.router.devices import torch_device
+    from switchboard_lora.serving.engines.hf.engine import HFEngine
+    from switchboard_lora.serving.engines.vllm_engine import VLLMEngine, VLLMOptions
 
     plan["device"] = torch_device(plan["device_setting"], "device")
     device_name = (

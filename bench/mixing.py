@@ -33,22 +33,22 @@ import typer
 
 from bench._common import HomeOption, default_base
 from bench.router_sets import Tasks
-from registry import BaseModelInfo, Registry, RegistrySettings
-from registry.routing import BASE_ROUTE
-from router.decision import Policy
-from router.encoder import Encoder
-from router.router import RegistryRoutes, Router
-from router.scorers import DEFAULT_THRESHOLD
-from serving.mixture import build_mixture
-from switchboard.demo import FULL, ensure_adapters
-from switchboard.demo_data import BIGBENCH
-from switchboard.pypi import download
-from trainer.data import Example, load_jsonl
-from trainer.encoding import encode
-from trainer.losses import loss_per_row, token_mean
+from support.paths import DATA
+from switchboard_lora.demo import FULL, ensure_adapters
+from switchboard_lora.demo_data import BIGBENCH
+from switchboard_lora.pypi import download
+from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
+from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.router.decision import Policy
+from switchboard_lora.router.encoder import Encoder
+from switchboard_lora.router.router import RegistryRoutes, Router
+from switchboard_lora.router.scorers import DEFAULT_THRESHOLD
+from switchboard_lora.serving.mixture import build_mixture
+from switchboard_lora.trainer.data import Example, load_jsonl
+from switchboard_lora.trainer.encoding import encode
+from switchboard_lora.trainer.losses import loss_per_row, token_mean
 
 DOMAINS = ("math", "science")
-DATA = Path(__file__).resolve().parents[1] / "data"
 SPANNING = ("physics_questions", "physics", "unit_conversion/different_systems")
 CONDITIONS = ("base", "math", "science", "routed top-1", "routed top-2", "50/50 mix", "oracle")
 

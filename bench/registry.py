@@ -39,9 +39,10 @@ from typing import Annotated, Any
 import typer
 
 from bench._common import default_base
-from registry import PROJECTIONS, BaseModelInfo, Registry
-from registry.tensors import sha256_file
-from trainer.synthetic import random_adapter
+from support.processes import free_port
+from switchboard_lora.registry import PROJECTIONS, BaseModelInfo, Registry
+from switchboard_lora.registry.tensors import sha256_file
+from switchboard_lora.trainer.synthetic import random_adapter
 
 TARGETS_MS = {"publish_10mb": 1000.0, "resolve": 1.0, "list_1000_versions": 50.0}
 
@@ -161,9 +162,7 @@ def s3_server(endpoint: str | None) -> Iterator[str]:
     if endpoint:
         yield endpoint
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
@@ -217,7 +216,7 @@ def run_stores(endpoint: str, repeat: int) -> dict[str, Any]:
     """Publish, first and cached checkout per store and size; raw transfer baselines."""
     import obstore
 
-    from registry.blobs import open_blob_store
+    from switchboard_lora.registry.blobs import open_blob_store
 
     base = default_base()
     results: dict[str, Any] = {}

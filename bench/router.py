@@ -57,15 +57,15 @@ from bench.router_sets import (
     jsonl,
     request_from,
 )
-from registry import Registry, RegistrySettings
-from router.decision import Policy
-from router.encoder import Encoder
-from router.encoders import DEFAULT_ENCODER
-from router.evaluate import Report, calibrate, evaluate
-from router.router import FileRoutes, Route, Router
-from router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
-from switchboard.demo_data import BIGBENCH
-from switchboard.pypi import download
+from switchboard_lora.demo_data import BIGBENCH
+from switchboard_lora.pypi import download
+from switchboard_lora.registry import Registry, RegistrySettings
+from switchboard_lora.router.decision import Policy
+from switchboard_lora.router.encoder import Encoder
+from switchboard_lora.router.encoder_cache import DEFAULT_ENCODER
+from switchboard_lora.router.evaluate import Report, calibrate, evaluate
+from switchboard_lora.router.router import FileRoutes, Route, Router
+from switchboard_lora.router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
 
 SNIPS_SPLITS = (1, 2, 3)  # seeds of the 10-shot splits
 CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"
@@ -117,7 +117,7 @@ def _few_shot(routes: Path) -> Path:
 def _cross_rows(
     encoder: Encoder, name: str, routes: Path, held_out_file: Path, test_file: Path
 ) -> list[dict[str, Any]]:
-    from router.files import read_labelled
+    from switchboard_lora.router.files import read_labelled
 
     held_out, test = read_labelled(held_out_file), read_labelled(test_file)
     described = descriptions(name)
@@ -246,7 +246,7 @@ def review_loop(
     curves: dict[str, list[dict[str, Any]]] = {}
     for name in SET_NAMES:
         routes, _, test_file = build(name, tasks, out / "loop" / name)
-        from router.files import read_labelled
+        from switchboard_lora.router.files import read_labelled
 
         test = read_labelled(test_file)
         source = _LabelledRoutes(routes)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from bench.router_sets import NEGATIVE_SOURCES, TASK_SETS, Tasks, jsonl
-from router.encoder import Encoder
-from router.evaluate import evaluate
-from router.router import FileRoutes, Router
+from switchboard_lora.router.encoder import Encoder
+from switchboard_lora.router.evaluate import evaluate
+from switchboard_lora.router.router import FileRoutes, Router
 
 PER_ROUTE = 20
 HELD_PER_ROUTE = 2

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from switchboard.demo_data import DOMAINS, general_request
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
+from support.paths import DATA
+from switchboard_lora.demo_data import DOMAINS, general_request
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 HELD_OUT = "chat"
 

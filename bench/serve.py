@@ -23,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,19 +32,24 @@ from typing import Annotated, Any
 import typer
 
 from bench._common import HomeOption, default_base
-from registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
-from registry.experiments.stats import percentile
-from serving.app import create_app
-from serving.build import build_engine
-from serving.engine import AdapterSpec, Engine, GenerationRequest, SamplingParams
-from serving.mixture import build_mixture
-from serving.settings import EngineSettings, ServerSettings
-from switchboard.demo_data import DOMAINS
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
-from trainer.synthetic import random_adapter
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from support.paths import DATA
+from switchboard_lora.demo_data import DOMAINS
+from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
+from switchboard_lora.registry.experiments.stats import percentile
+from switchboard_lora.serving.build import build_engine
+from switchboard_lora.serving.engines.interface import (
+    AdapterSpec,
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+)
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.http.threaded import serve_in_thread
+from switchboard_lora.serving.mixture import build_mixture
+from switchboard_lora.serving.settings import EngineSettings, ServerSettings
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
+from switchboard_lora.trainer.synthetic import random_adapter
 
 
 def make_lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
@@ -132,39 +135,6 @@ def mixture(base: BaseModelInfo, loras: list[AdapterSpec], home: Path) -> dict[s
 
 
 # ---- the HTTP server ----------------------------------------------------------------------
-
-
-class Server:
-    """The real app under uvicorn on a free local port, in a thread of this process."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        import httpx
-
-        self.thread.start()
-        url = f"http://127.0.0.1:{self.port}"
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    return f"{url}/v1"
-            except httpx.TransportError:
-                pass
-            if not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.5)
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join()
 
 
 async def _ask(client: Any, model: str, text: str, tokens: int) -> tuple[float, Any]:
@@ -280,7 +250,8 @@ async def http_parts(
         home=home, base=str(base.path), engine=engine, dtype=options["dtype"], max_lora_rank=16
     )
     texts = [t for d in ("math", "sql", "science") for t in requests_of(d, "eval", 10)]
-    with Server(create_app(settings)) as url:
+    with serve_in_thread(create_app(settings)) as root:
+        url = f"{root}/v1"
         client = AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
         result = {
             "engine": engine,

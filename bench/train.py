@@ -23,14 +23,13 @@ from typing import Annotated, Any
 import typer
 
 from bench._common import HomeOption, default_base
-from registry import BaseModelInfo
-from switchboard.demo_data import DOMAINS
-from trainer.config import TrainConfig
-from trainer.data import Dataset, load_jsonl
-from trainer.encoding import encode
-from trainer.loop import train_adapter
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from support.paths import DATA
+from switchboard_lora.demo_data import DOMAINS
+from switchboard_lora.registry import BaseModelInfo
+from switchboard_lora.trainer.config import TrainConfig
+from switchboard_lora.trainer.data import Dataset, load_jsonl
+from switchboard_lora.trainer.encoding import encode
+from switchboard_lora.trainer.loop import train_adapter
 
 
 def _baseline_tokens_per_second(

@@ -12,24 +12,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "DEFAULT_BASE": "registry.bases",
-    "BaseModelInfo": "registry.bases",
-    "BaseModels": "registry.bases",
-    "ErrorCode": "registry.errors",
-    "SwitchboardError": "registry.errors",
-    "MANIFEST_FILE": "registry.manifest",
-    "Manifest": "registry.manifest",
-    "ManifestDraft": "registry.manifest",
-    "AdapterRef": "registry.refs",
-    "served_name": "registry.refs",
-    "validate_name": "registry.refs",
-    "PROJECTIONS": "registry.bases",
-    "RegistrySettings": "registry.settings",
-    "AdapterSummary": "registry.records",
-    "VerifyResult": "registry.records",
-    "VersionInfo": "registry.records",
-    "Registry": "registry.store",
-    "open_registry": "registry.store",
+    "DEFAULT_BASE": "switchboard_lora.registry.bases",
+    "BaseModelInfo": "switchboard_lora.registry.bases",
+    "BaseModels": "switchboard_lora.registry.bases",
+    "ErrorCode": "switchboard_lora.registry.errors",
+    "SwitchboardError": "switchboard_lora.registry.errors",
+    "MANIFEST_FILE": "switchboard_lora.registry.manifest",
+    "Manifest": "switchboard_lora.registry.manifest",
+    "ManifestDraft": "switchboard_lora.registry.manifest",
+    "AdapterRef": "switchboard_lora.registry.refs",
+    "served_name": "switchboard_lora.registry.refs",
+    "validate_name": "switchboard_lora.registry.refs",
+    "PROJECTIONS": "switchboard_lora.registry.bases",
+    "RegistrySettings": "switchboard_lora.registry.settings",
+    "AdapterSummary": "switchboard_lora.registry.records",
+    "VerifyResult": "switchboard_lora.registry.records",
+    "VersionInfo": "switchboard_lora.registry.records",
+    "Registry": "switchboard_lora.registry.store",
+    "open_registry": "switchboard_lora.registry.store",
 }
 
 __all__ = [
@@ -54,13 +54,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from registry.bases import DEFAULT_BASE, PROJECTIONS, BaseModelInfo, BaseModels
-    from registry.errors import ErrorCode, SwitchboardError
-    from registry.manifest import MANIFEST_FILE, Manifest, ManifestDraft
-    from registry.records import AdapterSummary, VerifyResult, VersionInfo
-    from registry.refs import AdapterRef, served_name, validate_name
-    from registry.settings import RegistrySettings
-    from registry.store import Registry, open_registry
+    from switchboard_lora.registry.bases import DEFAULT_BASE, PROJECTIONS, BaseModelInfo, BaseModels
+    from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+    from switchboard_lora.registry.manifest import MANIFEST_FILE, Manifest, ManifestDraft
+    from switchboard_lora.registry.records import AdapterSummary, VerifyResult, VersionInfo
+    from switchboard_lora.registry.refs import AdapterRef, served_name, validate_name
+    from switchboard_lora.registry.settings import RegistrySettings
+    from switchboard_lora.registry.store import Registry, open_registry
 
 
 def __getattr__(name: str) -> Any:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from registry.manifest import MANIFEST_FILE, Method
-from registry.tensors import nonfinite_tensors, read_tensor_index
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.manifest import MANIFEST_FILE, AdapterMethod
+from switchboard_lora.registry.tensors import nonfinite_tensors, read_tensor_index
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -42,7 +42,7 @@ _UNSERVED: dict[str, tuple[str, Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class AdapterShape:
-    method: Method
+    method: AdapterMethod
     rank: int | None
     alpha: float | None
     target_modules: tuple[str, ...]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from registry.schema import AliasRow
+from switchboard_lora.registry.schema import AliasRow
 
 
 def point_alias(session: Session, adapter_id: int, alias: str, version_id: int) -> None:

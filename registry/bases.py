@@ -3,7 +3,7 @@
 A base is identified by its *fingerprint* (see `registry.tensors.fingerprint_tensors`): a hash
 over every weight tensor's name, dtype, shape and bytes. The registry refuses an adapter whose
 claimed base fingerprint differs from the base it is published against. How a base is obtained
-(downloaded, converted) is not the registry's business: `switchboard.bases` builds one and
+(downloaded, converted) is not the registry's business: `switchboard_lora.base_pull` builds one and
 `BaseModels.install` puts it in the cache.
 """
 
@@ -17,10 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.installs import install_once
-from registry.refs import validate_name
-from registry.tensors import fingerprint_tensors, read_tensor_index
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.installs import install_once
+from switchboard_lora.registry.refs import validate_name
+from switchboard_lora.registry.tensors import fingerprint_tensors, read_tensor_index
 
 BASE_RECORD = "switchboard_base.json"
 DEFAULT_BASE = "smollm2-135m-instruct"

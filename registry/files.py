@@ -26,12 +26,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from registry.blobs import BlobStore
-from registry.errors import ErrorCode, SwitchboardError
-from registry.installs import remove_whole, swap_in
-from registry.manifest import MANIFEST_FILE, FileEntry, ManifestDraft
-from registry.records import VersionInfo
-from registry.tensors import sha256_file
+from switchboard_lora.registry.blobs import BlobStore
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.installs import remove_whole, swap_in
+from switchboard_lora.registry.manifest import MANIFEST_FILE, FileEntry, ManifestDraft
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.tensors import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from registry.refs import validate_name
+from switchboard_lora.registry.refs import validate_name
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 MANIFEST_FILE = "switchboard_manifest.json"
 SCHEMA_VERSION = 1
 
-Method = Literal["lora", "prefix"]
-_TOOLS = ("switchboard", "peft", "transformers", "torch")
+AdapterMethod = Literal["lora", "prefix"]
+_TOOLS = ("switchboard-lora", "peft", "transformers", "torch")
 
 
 class _Frozen(BaseModel):
@@ -67,7 +67,7 @@ class Manifest(_Frozen):
     schema_version: int = Field(ge=1)
     name: str
     version: int = Field(ge=1)
-    method: Method
+    method: AdapterMethod
     base: BaseRef
     files: dict[str, FileEntry]
     data: DataInfo

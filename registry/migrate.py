@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from registry.db import retry_conflicts, writer
-from registry.errors import ErrorCode, SwitchboardError
-from registry.schema import Base
+from switchboard_lora.registry.db import retry_conflicts, writer
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.schema import Base
 
 log = logging.getLogger(__name__)
 

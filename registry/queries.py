@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
-from registry.db import as_utc
-from registry.errors import SwitchboardError, not_found
-from registry.records import VersionInfo
-from registry.refs import PROD_ALIAS, AdapterRef
-from registry.schema import AdapterRow, AliasRow, ArmRow, ComponentRow, VersionRow
+from switchboard_lora.registry.db import as_utc
+from switchboard_lora.registry.errors import SwitchboardError, not_found
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.refs import PROD_ALIAS, AdapterRef
+from switchboard_lora.registry.schema import AdapterRow, AliasRow, ArmRow, ComponentRow, VersionRow
 
 _Parent = aliased(VersionRow)
 _ParentAdapter = aliased(AdapterRow)

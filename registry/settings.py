@@ -1,5 +1,5 @@
 """Where the registry lives. A plain model: it never reads the environment (only the root
-entry point does, `switchboard.settings`), so a test or a scratch registry built from it
+entry point does, `switchboard_lora.settings`), so a test or a scratch registry built from it
 cannot reach an operator's shared registry."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from registry.bases import DEFAULT_BASE
+from switchboard_lora.registry.bases import DEFAULT_BASE
 
 
 class RegistrySettings(BaseModel):

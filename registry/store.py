@@ -18,16 +18,17 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from registry import queries
-from registry.adapter_dir import adapter_problems, inspect_adapter
-from registry.aliases import point_alias
-from registry.bases import BaseModelInfo
-from registry.blobs import BlobStore, StoredBlob, open_blob_store
-from registry.db import open_engine, retry_conflicts, writer
-from registry.errors import ErrorCode, SwitchboardError, not_found
-from registry.experiments.store import ExperimentStore
-from registry.files import VersionFiles, content_digest, store_files
-from registry.manifest import (
+from switchboard_lora.registry import queries
+from switchboard_lora.registry.adapter_dir import adapter_problems, inspect_adapter
+from switchboard_lora.registry.aliases import point_alias
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.blobs import BlobStore, StoredBlob, open_blob_store
+from switchboard_lora.registry.db import open_engine, retry_conflicts, writer
+from switchboard_lora.registry.decision_log import DecisionLog
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError, not_found
+from switchboard_lora.registry.experiments.store import ExperimentStore
+from switchboard_lora.registry.files import VersionFiles, content_digest, store_files
+from switchboard_lora.registry.manifest import (
     SCHEMA_VERSION,
     Component,
     FileEntry,
@@ -37,13 +38,12 @@ from registry.manifest import (
     read_draft,
     tool_versions,
 )
-from registry.migrate import ensure_schema
-from registry.records import AdapterSummary, VerifyResult, VersionInfo
-from registry.refs import MIX_PREFIX, AdapterRef, served_name, validate_name
-from registry.route_log import DecisionLog
-from registry.routing import RouteStore
-from registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
-from registry.settings import RegistrySettings
+from switchboard_lora.registry.migrate import ensure_schema
+from switchboard_lora.registry.records import AdapterSummary, VerifyResult, VersionInfo
+from switchboard_lora.registry.refs import MIX_PREFIX, AdapterRef, served_name, validate_name
+from switchboard_lora.registry.route_store import RouteStore
+from switchboard_lora.registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
+from switchboard_lora.registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 _MAX_HEADER = 100 * 1024 * 1024
 _CHUNK = 1 << 20

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.routing import text_sha256
-from router.encoder import Encoder
+from switchboard_lora.registry.route_store import text_sha256
+from switchboard_lora.router.encoder import Encoder
 
 log = logging.getLogger(__name__)
 

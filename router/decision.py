@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from registry.records import VersionInfo
-from registry.routing import BASE_ROUTE
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.route_store import BASE_ROUTE
 
 Kind = Literal["base", "adapter", "mix"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 DEVICE_HELP = "auto (CUDA where torch sees a GPU, else the CPU), cpu, cuda or cuda:N"
 

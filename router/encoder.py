@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.tensors import sha256_file
-from router.devices import torch_device
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.tensors import sha256_file
+from switchboard_lora.router.devices import torch_device
 
 log = logging.getLogger(__name__)
 

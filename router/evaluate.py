@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.routing import BASE_ROUTE
-from router.router import Router
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.router.router import Router
 
 
 @dataclass(frozen=True, slots=True)

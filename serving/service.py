@@ -9,15 +9,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from registry.experiments.model import Arm, Experiment
-from registry.records import VersionInfo
-from registry.store import Registry
-from router.decision import Choice, Decision
-from router.router import Router, request_text
-from serving.decision_log import DecisionRecorder
-from serving.engine import (
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.experiments.model import Arm, Experiment
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.store import Registry
+from switchboard_lora.router.decision import Choice, Decision
+from switchboard_lora.router.router import Router, request_text
+from switchboard_lora.serving.decision_recorder import DecisionRecorder
+from switchboard_lora.serving.engines.interface import (
     AdapterSpec,
     Engine,
     Generation,
@@ -26,7 +26,7 @@ from serving.engine import (
     TokenCallback,
     check_context,
 )
-from serving.mixture import WEIGHT_STEP, build_mixture, collect_mixes
+from switchboard_lora.serving.mixture import WEIGHT_STEP, build_mixture, collect_mixes
 
 log = logging.getLogger(__name__)
 

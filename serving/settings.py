@@ -1,6 +1,6 @@
 """What a server needs: where the registry is, how to route, which engine, which keys.
 
-Plain models (entry points fill them in; `switchboard.settings` from the environment). A
+Plain models (entry points fill them in; `switchboard_lora.settings` from the environment). A
 server builds the registry and the router itself, so its settings are theirs plus its own.
 """
 
@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from registry.settings import RegistrySettings
-from router.settings import RouterSettings
+from switchboard_lora.registry.settings import RegistrySettings
+from switchboard_lora.router.settings import RouterSettings
 
 LogMode = Literal["off", "sample", "uncertain", "all"]
 

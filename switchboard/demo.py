@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from registry.records import VersionInfo
-from registry.routing import BASE_ROUTE
-from registry.store import Registry, open_registry
-from serving.settings import ServerSettings
-from switchboard.demo_data import DOMAINS
-from trainer.config import TrainConfig
-from trainer.data import Dataset, load_jsonl
-from trainer.loop import train_adapter
+from switchboard_lora.demo_data import DOMAINS
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.registry.store import Registry, open_registry
+from switchboard_lora.serving.settings import ServerSettings
+from switchboard_lora.trainer.config import TrainConfig
+from switchboard_lora.trainer.data import Dataset, load_jsonl
+from switchboard_lora.trainer.loop import train_adapter
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -98,8 +95,8 @@ def demo_requests(data: Path) -> list[DemoRequest]:
 
 def find_data(data: Path | None, settings: ServerSettings, say: Say) -> Path:
     """`data` if given; else ./data when it holds the demo domains; else build it in home."""
-    from switchboard.demo_data import BIGBENCH, build
-    from switchboard.pypi import download
+    from switchboard_lora.demo_data import BIGBENCH, build
+    from switchboard_lora.pypi import download
 
     def complete(folder: Path) -> bool:
         files = [folder / d / "train.jsonl" for d in DOMAINS]
@@ -178,32 +175,6 @@ def ensure_adapters(
     return refs
 
 
-@contextmanager
-def serving(settings: ServerSettings) -> Iterator[str]:
-    """The app on a free local port, in a thread, until the block ends; yields its URL."""
-    import uvicorn
-
-    from serving.app import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise SwitchboardError(ErrorCode.INVALID_INPUT, "the server failed to start")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
-
-
 def ask(url: str, requests: list[DemoRequest], max_tokens: int) -> list[DemoRow]:
     """Send every request at once (the engine batches them); greedy answers."""
     import httpx
@@ -219,7 +190,7 @@ def ask(url: str, requests: list[DemoRequest], max_tokens: int) -> list[DemoRow]
         response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
         if response.status_code != 200:
             raise SwitchboardError(
-                ErrorCode.INVALID_INPUT,
+                ErrorCode.UNAVAILABLE,
                 f"the server answered {response.status_code}: {response.text[:300]}",
             )
         answer = response.json()
@@ -245,9 +216,9 @@ def run_demo(
     say: Say = log.info,
 ) -> dict[str, Any]:
     """Everything `switchboard demo` does; returns its report (rows, refs, seconds)."""
-    from registry.bases import BaseModels
-    from router.files import read_routes
-    from switchboard.bases import pull
+    from switchboard_lora.base_pull import pull
+    from switchboard_lora.registry.bases import BaseModels
+    from switchboard_lora.router.files import read_routes
 
     started = time.perf_counter()
     budget = QUICK if quick else FULL
@@ -269,7 +240,10 @@ def run_demo(
         registry.close()
     requests = [DemoRequest(q, "?") for q in questions] if questions else demo_requests(folder)
     say(f"serving in process ({settings.engine} engine); sending {len(requests)} requests")
-    with serving(settings) as url:
+    from switchboard_lora.serving.http.app import create_app  # the web stack, only now
+    from switchboard_lora.serving.http.threaded import serve_in_thread
+
+    with serve_in_thread(create_app(settings)) as url:
         rows = ask(url, requests, budget.max_tokens)
     return {
         "budget": "quick" if quick else "full",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 BIGBENCH = "bigbench==1.0.0"
 _TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.settings import ServerSettings
+from switchboard_lora.serving.settings import ServerSettings
 
 
 class Settings(ServerSettings, BaseSettings):

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from bench.processes import free_port
-from registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
-from registry.blobs import BlobStore, open_blob_store
-from registry.blobs.local import LocalBlobStore
-from switchboard.bases import pull
-from trainer.synthetic import random_adapter
+from support.paths import ROOT
+from support.processes import free_port
+from switchboard_lora.base_pull import pull
+from switchboard_lora.registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
+from switchboard_lora.registry.blobs import BlobStore, open_blob_store
+from switchboard_lora.registry.blobs.local import LocalBlobStore
+from switchboard_lora.trainer.synthetic import random_adapter
 
 pytest_plugins = ["serving_world"]  # the HTTP tests' shared servers
 
@@ -30,7 +31,7 @@ def _forget_operator_settings() -> None:
     """Drop the operator's SWITCHBOARD_* settings (matched as pydantic-settings matches them,
     ignoring case) before any test runs: CLI subprocesses inherit this environment, and a
     machine configured for a shared registry must not receive test data."""
-    from switchboard.settings import Settings
+    from switchboard_lora.settings import Settings
 
     names = {f"SWITCHBOARD_{field}".upper() for field in Settings.model_fields}
     for key in [k for k in os.environ if k.upper() in names]:
@@ -38,6 +39,28 @@ def _forget_operator_settings() -> None:
 
 
 _forget_operator_settings()
+
+
+def _check_the_install_links_every_module() -> None:
+    """The checkout is installed as a tree of links (scripts/setup.sh): a module added since
+    has none, and would fail as a baffling ModuleNotFoundError deep in some test."""
+    import switchboard_lora
+
+    installed = Path(switchboard_lora.__file__).parent
+    folders = {"switchboard": installed, "registry": installed / "registry",
+               "router": installed / "router", "trainer": installed / "trainer",
+               "serving": installed / "serving"}  # fmt: skip
+    missing = [
+        str(module.relative_to(ROOT))
+        for folder, linked in folders.items()
+        for module in (ROOT / folder).rglob("*.py")
+        if not (linked / module.relative_to(ROOT / folder)).exists()
+    ]
+    if missing:
+        raise pytest.UsageError(f"not installed yet: {', '.join(missing)}; run scripts/setup.sh")
+
+
+_check_the_install_links_every_module()
 
 
 POSTGRES_URL = os.environ.get(

@@ -14,16 +14,22 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from registry import BaseModelInfo, BaseModels, ManifestDraft, Registry, RegistrySettings
-from serving.app import create_app
-from serving.settings import ServerSettings
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
-from trainer.synthetic import random_adapter
+from support.paths import DATA
+from switchboard_lora.registry import (
+    BaseModelInfo,
+    BaseModels,
+    ManifestDraft,
+    Registry,
+    RegistrySettings,
+)
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.settings import ServerSettings
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
+from switchboard_lora.trainer.synthetic import random_adapter
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colours.",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.batched_lora import LoRASet, load_lora
-from trainer.synthetic import random_adapter
+from switchboard_lora.serving.engines.hf.batched_lora import LoRASet, load_lora
+from switchboard_lora.trainer.synthetic import random_adapter
 
 
 @pytest.fixture(scope="module")

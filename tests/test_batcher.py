@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from serving.batcher import Batcher
-from serving.engine import Generation, GenerationRequest
-from serving.feed import Feed
+from switchboard_lora.serving.engines.hf.batcher import Batcher
+from switchboard_lora.serving.engines.hf.feed import Feed
+from switchboard_lora.serving.engines.interface import Generation, GenerationRequest
 
 
 class FakeLoop:

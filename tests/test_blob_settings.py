@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from registry import ErrorCode, SwitchboardError
-from registry.blobs import open_blob_store
-from registry.blobs.local import LocalBlobStore
-
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+from support.paths import SWITCHBOARD
+from switchboard_lora.registry import ErrorCode, SwitchboardError
+from switchboard_lora.registry.blobs import open_blob_store
+from switchboard_lora.registry.blobs.local import LocalBlobStore
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from registry import BaseModelInfo, Registry
-from registry.blobs import BlobStore
-from registry.tensors import sha256_file
-from trainer.synthetic import random_adapter
+from switchboard_lora.registry import BaseModelInfo, Registry
+from switchboard_lora.registry.blobs import BlobStore
+from switchboard_lora.registry.tensors import sha256_file
+from switchboard_lora.trainer.synthetic import random_adapter
 
 # A process that checks a version out (holding it), says so, and waits for the go file.
 # argv: database_url home ref go blob_url blob_options
@@ -21,9 +21,9 @@ _HOLDER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from registry import Registry
-    from registry.blobs import open_blob_store
-    from registry.tensors import sha256_file
+    from switchboard_lora.registry import Registry
+    from switchboard_lora.registry.blobs import open_blob_store
+    from switchboard_lora.registry.tensors import sha256_file
 
     url, home, ref, go, blob_url, options = sys.argv[1:7]
     home = Path(home)

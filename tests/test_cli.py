@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+from support.paths import SWITCHBOARD
 
 
 class Cli:
@@ -123,7 +123,7 @@ def test_registry_import_stays_light() -> None:
     """`registry` and the CLI entry point must not import torch (fast --help, light servers)."""
     code = (
         "import sys, registry; from registry import Registry, BaseModels; "
-        "import switchboard.cli; "
+        "import switchboard_lora.cli; "
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'sentence_transformers') "
         "if m in sys.modules]; print(heavy)"
     )
@@ -134,8 +134,8 @@ def test_registry_import_stays_light() -> None:
 def test_route_commands_as_scripts_use_them(
     cli: Cli, lora_dir: Path, lora_dir_2: Path, tmp_path: Path
 ) -> None:
-    from trainer.data import load_jsonl
-    from trainer.loop import routing_sample
+    from switchboard_lora.trainer.data import load_jsonl
+    from switchboard_lora.trainer.loop import routing_sample
 
     data = Path(__file__).resolve().parents[1] / "data"
 
@@ -215,7 +215,7 @@ def test_route_commands_as_scripts_use_them(
 def test_experiment_commands(
     cli: Cli, lora_dir: Path, lora_dir_2: Path, tmp_path: Path, home: Path
 ) -> None:
-    from registry import Registry, RegistrySettings
+    from switchboard_lora.registry import Registry, RegistrySettings
 
     base = ("--base", str(cli.base))
     for source in (lora_dir, lora_dir_2):

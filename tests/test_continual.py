@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from registry import SwitchboardError
-from switchboard.forgetting import continual
-from switchboard.forgetting.continual import (
+from switchboard_lora.forgetting import continual
+from switchboard_lora.forgetting.continual import (
     Anchor,
     Remedy,
     Schedule,
     SequentialFineTuner,
     fisher_diagonal,
 )
-from switchboard.forgetting.probe import Scores
-from switchboard.forgetting.report import MethodResult
-from trainer.encoding import IGNORE, Encoded
+from switchboard_lora.forgetting.probe import Scores
+from switchboard_lora.forgetting.report import MethodResult
+from switchboard_lora.registry import SwitchboardError
+from switchboard_lora.trainer.encoding import IGNORE, Encoded
 
 
 def _rows(seed: int, n: int) -> list[Encoded]:
@@ -78,8 +78,8 @@ def test_fisher_is_the_mean_squared_per_example_gradient_scaled_to_mean_one(
 ) -> None:
     import torch
 
-    from trainer.encoding import collate
-    from trainer.losses import batch_loss
+    from switchboard_lora.trainer.encoding import collate
+    from switchboard_lora.trainer.losses import batch_loss
 
     model = _model(tiny_base_dir)
     params = list(model.parameters())

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.paths import ROOT, SWITCHBOARD
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 DOMAINS = ["math", "sql", "science", "code", "dialogue"]
 
 

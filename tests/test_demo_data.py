@@ -7,14 +7,13 @@ import json
 import platform
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.paths import DATA, SWITCHBOARD
+
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).resolve().parents[1] / "data"
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 
 
 def test_data_build_regenerates_the_committed_extracts(tmp_path: Path) -> None:

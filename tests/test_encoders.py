@@ -5,22 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from registry.errors import ErrorCode, SwitchboardError
-from router.encoder import Encoder, directory_digest
-from router.encoders import DEFAULT_ENCODER, EncoderModels
-from router.router import FileRoutes, build_router
-from router.settings import RouterSettings
-from switchboard.encoders import CATALOG, pull
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+from support.paths import DATA, SWITCHBOARD
+from switchboard_lora.encoder_pull import CATALOG, pull
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.router.encoder import Encoder, directory_digest
+from switchboard_lora.router.encoder_cache import DEFAULT_ENCODER, EncoderModels
+from switchboard_lora.router.router import FileRoutes, build_router
+from switchboard_lora.router.settings import RouterSettings
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
 
 
 def _tiny_model(out: Path, _workdir: Path) -> None:

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from registry import RegistrySettings
-from router.settings import RouterSettings
-from serving.settings import EngineSettings, ServerSettings
-
-ROOT = Path(__file__).resolve().parents[1]
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+from support.paths import ROOT, SWITCHBOARD
+from switchboard_lora.registry import RegistrySettings
+from switchboard_lora.router.settings import RouterSettings
+from switchboard_lora.serving.settings import EngineSettings, ServerSettings
 
 
 def _poisoned(poison: Path) -> dict[str, str]:
@@ -45,7 +43,7 @@ def test_the_root_command_reads_the_environment(tmp_path: Path) -> None:
 def test_plain_settings_ignore_a_poisoned_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from switchboard.settings import Settings
+    from switchboard_lora.settings import Settings
 
     for key, value in _poisoned(tmp_path / "poison").items():
         monkeypatch.setenv(key, value)
@@ -62,7 +60,7 @@ def test_plain_settings_ignore_a_poisoned_environment(
 def test_the_forgetting_reports_scratch_registry_stays_in_its_scratch_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from switchboard.forgetting.report import scratch_registry
+    from switchboard_lora.forgetting.report import scratch_registry
 
     poison = tmp_path / "poison"
     for key, value in _poisoned(poison).items():
@@ -124,7 +122,7 @@ def test_the_test_suite_under_a_poisoned_environment_writes_nothing_there(
 
 def test_only_the_root_package_reads_the_environment() -> None:
     """No library package, benchmark or test builds settings from the environment:
-    `pydantic_settings` and `switchboard.settings` are imported by the root entry points
+    `pydantic_settings` and `switchboard_lora.settings` are imported by the root entry points
     alone: the CLI, and the plugin vLLM loads into `vllm serve` (and by conftest, which
     removes the operator's settings)."""
     allowed = {ROOT / "switchboard" / "settings.py", ROOT / "tests" / "conftest.py"}
@@ -138,7 +136,7 @@ def test_only_the_root_package_reads_the_environment() -> None:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module in (
                     "pydantic_settings",
-                    "switchboard.settings",
+                    "switchboard_lora.settings",
                 ):
                     readers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
                 if _reads_switchboard_variable(node):

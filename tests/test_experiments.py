@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from registry import (
+from support.paths import DATA
+from switchboard_lora.registry import (
     BaseModelInfo,
     ErrorCode,
     ManifestDraft,
@@ -23,15 +24,13 @@ from registry import (
     RegistrySettings,
     SwitchboardError,
 )
-from registry.experiments.model import Arm, Experiment, Exposure
-from registry.experiments.stats import summarise, wilson
-from serving.app import create_app
-from serving.settings import ServerSettings
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
-from trainer.synthetic import random_adapter
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from switchboard_lora.registry.experiments.model import Arm, Experiment, Exposure
+from switchboard_lora.registry.experiments.stats import summarise, wilson
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.settings import ServerSettings
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
+from switchboard_lora.trainer.synthetic import random_adapter
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from support.paths import ROOT
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_forgetting_report_runs_every_method_and_isolation_keeps_the_base(

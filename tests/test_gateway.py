@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from serving_world import World, make_lora, requests
 
-from bench.processes import ServerProcess, switchboard_server, vllm_server
-from tests.serving_world import World, make_lora, requests
+from support.processes import ServerProcess, switchboard_server, vllm_server
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_world import World
 
-from bench.serve import Server
-from registry import Registry
-from serving.app import create_app
-from serving.build import build_service
-from serving.engine import AdapterSpec, GenerationRequest
-from serving.settings import ServerSettings
+from switchboard_lora.registry import Registry
+from switchboard_lora.serving.build import build_service
+from switchboard_lora.serving.engines.interface import AdapterSpec, GenerationRequest
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.http.threaded import serve_in_thread
+from switchboard_lora.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -184,7 +184,8 @@ def live(world: World, engine: str) -> Iterator[tuple[str, Spy]]:
     service = build_service(settings)
     spy = Spy(service.engine)
     service.engine = spy  # type: ignore[assignment]
-    with Server(create_app(settings, service=service)) as url:
+    with serve_in_thread(create_app(settings, service=service)) as root:
+        url = f"{root}/v1"
         yield url, spy
 
 
@@ -222,7 +223,7 @@ def test_clients_that_leave_stop_their_generation(live: tuple[str, Spy]) -> None
 @pytest.mark.vllm
 def test_vllm_verifies_an_adapter_it_may_have_to_reload(world: World) -> None:
     """Item 5 on vLLM: the files are checked again when vLLM may no longer hold them."""
-    from serving.vllm_engine import VLLMEngine, VLLMOptions
+    from switchboard_lora.serving.engines.vllm_engine import VLLMEngine, VLLMOptions
 
     engine = VLLMEngine(world.base.path, VLLMOptions(max_loras=1, max_cpu_loras=1))
     calls = {"a": 0, "b": 0}

@@ -12,11 +12,16 @@ from typing import Any
 
 import pytest
 
-from registry import BaseModelInfo, SwitchboardError
-from serving.engine import AdapterSpec, Generation, GenerationRequest, SamplingParams
-from serving.feed import ListFeed
-from serving.hf_engine import HFEngine
-from trainer.synthetic import random_adapter
+from support.hf_feed import ListFeed, generate
+from switchboard_lora.registry import BaseModelInfo, SwitchboardError
+from switchboard_lora.serving.engines.hf.engine import HFEngine
+from switchboard_lora.serving.engines.interface import (
+    AdapterSpec,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+)
+from switchboard_lora.trainer.synthetic import random_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +65,7 @@ def answered(outcomes: list[Generation | Exception]) -> list[Generation]:
 
 
 def one(engine: HFEngine, request: GenerationRequest) -> Generation:
-    return answered(engine.generate([request]))[0]
+    return answered(generate(engine, [request]))[0]
 
 
 def reference(base_dir: Path, adapter: AdapterSpec | None, prompt: str, tokens: int) -> list[int]:
@@ -95,7 +100,7 @@ def test_mixed_batches_match_peft_one_request_at_a_time(
     ]
     streamed: dict[int, list[int]] = {}
     mixed = answered(
-        engine.generate(rows, on_token=lambda i, t: streamed.setdefault(i, []).append(t))
+        generate(engine, rows, on_token=lambda i, t: streamed.setdefault(i, []).append(t))
     )
     for index, (row, generation) in enumerate(zip(rows, mixed, strict=True)):
         expected = reference(real_base.path, row.adapter, row.prompt, 8)
@@ -182,7 +187,7 @@ def test_sampling_settings_differ_per_row_and_a_seed_holds_whatever_the_batch(
             prompt, None, SamplingParams(max_tokens=12, temperature=0.7, top_p=0.5, seed=2**64 - 1)
         ),
     ]
-    batch = answered(engine.generate(rows))
+    batch = answered(generate(engine, rows))
     greedy = reference(real_base.path, None, prompt, 12)
     assert list(batch[0].token_ids) == greedy
     assert list(batch[3].token_ids) == greedy  # a vanishing temperature is greedy
@@ -210,7 +215,7 @@ def test_a_request_whose_adapter_fails_fails_alone(
         GenerationRequest(prompt, AdapterSpec.local("broken-v1-test", broken, "lora"), params),
         GenerationRequest(prompt, None, params),
     ]
-    outcomes = engine.generate(rows)
+    outcomes = generate(engine, rows)
     assert isinstance(outcomes[1], Exception)
     assert [list(g.token_ids) for g in answered([outcomes[0], outcomes[2]])] == [
         reference(real_base.path, adapters["a"], prompt, 6),
@@ -222,7 +227,8 @@ def test_rows_whose_clients_left_stop_at_the_next_step(engine: HFEngine) -> None
     prompt = engine.tokens.render_chat([{"role": "user", "content": PROMPTS[2]}])
     made: list[int] = []
     # max_tokens=64 with a minimum of tokens: the haiku takes more than 10
-    outcomes = engine.generate(
+    outcomes = generate(
+        engine,
         [GenerationRequest(prompt, None, SamplingParams(max_tokens=64))],
         on_token=lambda _, token: made.append(token),
         cancelled=lambda _: len(made) >= 3,  # the client leaves after three tokens

@@ -14,13 +14,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect, select, text
 
-from registry import BaseModelInfo, ErrorCode, ManifestDraft, Registry, SwitchboardError
-from registry.db import open_engine, writer
-from registry.manifest import Component
-from registry.migrate import BASELINE, _config, head, upgrade
-from registry.schema import Base
-
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
+from support.paths import SWITCHBOARD
+from switchboard_lora.registry import (
+    BaseModelInfo,
+    ErrorCode,
+    ManifestDraft,
+    Registry,
+    SwitchboardError,
+)
+from switchboard_lora.registry.db import open_engine, writer
+from switchboard_lora.registry.manifest import Component
+from switchboard_lora.registry.migrate import BASELINE, _config, head, upgrade
+from switchboard_lora.registry.schema import Base
 
 
 def _fill(registry: Registry, base: BaseModelInfo, lora: Path, lora_2: Path) -> None:
@@ -199,7 +204,7 @@ def test_the_models_are_the_schema_the_migrations_make(database_url: str, home: 
 _OPENER = """
 import sys, time
 from pathlib import Path
-from registry import Registry
+from switchboard_lora.registry import Registry
 url, home, go = sys.argv[1:4]
 while not Path(go).exists():
     time.sleep(0.005)
@@ -238,7 +243,7 @@ def test_upgrading_to_one_feedback_per_response_keeps_each_responses_first(
 
     from alembic import command
 
-    from registry.schema import FeedbackRow
+    from switchboard_lora.registry.schema import FeedbackRow
 
     engine, records = _filled(database_url, home, tiny_base, lora_dir, lora_dir_2)
     _to(engine, "0002")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import BaseModelInfo, Registry, SwitchboardError
-from registry.errors import ErrorCode
-from serving.mixture import build_mixture
-from trainer.synthetic import random_adapter
+from switchboard_lora.registry import BaseModelInfo, Registry, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode
+from switchboard_lora.serving.mixture import build_mixture
+from switchboard_lora.trainer.synthetic import random_adapter
 
 
 def _deltas(directory: Path) -> dict[str, np.ndarray]:
@@ -120,7 +120,7 @@ def test_mixture_refuses_what_cannot_be_one_lora(
         with pytest.raises(SwitchboardError) as refused:
             build_mixture(registry, parts, tiny_base)
         assert refused.value.code == code, parts
-    from registry import BaseModels
+    from switchboard_lora.registry import BaseModels
 
     other = BaseModels(tmp_path / "bases").get(str(other_base_dir))
     registry.publish(foreign_lora_dir, "foreign", other)

@@ -7,9 +7,15 @@ from typing import Any
 
 import pytest
 
-from registry import BaseModelInfo, BaseModels, ErrorCode, Registry, SwitchboardError
-from registry.tensors import fingerprint_tensors
-from switchboard.bases import pull
+from switchboard_lora.base_pull import pull
+from switchboard_lora.registry import (
+    BaseModelInfo,
+    BaseModels,
+    ErrorCode,
+    Registry,
+    SwitchboardError,
+)
+from switchboard_lora.registry.tensors import fingerprint_tensors
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from registry import (
+from switchboard_lora.base_pull import get_or_hint
+from switchboard_lora.registry import (
     MANIFEST_FILE,
     BaseModelInfo,
     BaseModels,
@@ -21,9 +22,8 @@ from registry import (
     Registry,
     SwitchboardError,
 )
-from registry.manifest import Component
-from registry.tensors import sha256_file
-from switchboard.bases import get_or_hint
+from switchboard_lora.registry.manifest import Component
+from switchboard_lora.registry.tensors import sha256_file
 
 
 @contextmanager
@@ -56,7 +56,7 @@ def test_publish_records_a_complete_manifest(
         assert entry.sha256 == sha256_file(lora_dir / rel)
         assert registry.blobs.check(entry.sha256, entry.size) is None  # stored, intact
     assert manifest.served_name == f"legal-v1-{manifest.content_digest[:12]}"
-    assert manifest.tools["switchboard"]
+    assert manifest.tools["switchboard-lora"]  # this distribution, not PyPI's `switchboard`
     assert manifest.parent is None and manifest.components == []
     assert registry.manifest("legal:1") == manifest
 
@@ -393,7 +393,7 @@ def test_concurrent_checkouts_all_get_whole_verified_files(
     damaged checkout is replaced under them. No caller may see a half-built directory."""
     import threading
 
-    from registry.tensors import sha256_file
+    from switchboard_lora.registry.tensors import sha256_file
 
     manifest = registry.publish(lora_dir, "legal", tiny_base)
     expected = manifest.files["adapter_model.safetensors"].sha256
@@ -447,7 +447,7 @@ def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_ch
 ) -> None:
     """Issue 15 items 4 and 5: a version published before the checks existed is reported;
     a checkout changed on disk is found and restored (it used to be trusted after first use)."""
-    import registry.adapter_dir as adapter_dir
+    import switchboard_lora.registry.adapter_dir as adapter_dir
 
     good = registry.publish(lora_dir, "legal", tiny_base)
     nan = _broken_copy(lora_dir, tmp_path / "nan", "nan")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from registry import BaseModelInfo, Registry
-from registry.blobs import BlobStore
+from switchboard_lora.registry import BaseModelInfo, Registry
+from switchboard_lora.registry.blobs import BlobStore
 
 # Run in a child process. argv: database_url home base_dir adapter_dir name count go_file
 # kill_at blob_url blob_options_json
@@ -21,8 +21,8 @@ _PUBLISHER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from registry import BaseModels, Registry
-    from registry.blobs import open_blob_store
+    from switchboard_lora.registry import BaseModels, Registry
+    from switchboard_lora.registry.blobs import open_blob_store
 
     url, home, base_dir, adapter_dir, name, count, go, kill_at, blob_url, options = sys.argv[1:11]
     home = Path(home)
@@ -41,7 +41,7 @@ _PUBLISHER = textwrap.dedent(
             return result
         type(blobs).put = put_then_stall
     elif kill_at == "rows":  # inside the transaction, the version row already flushed
-        import registry.store as store
+        import switchboard_lora.registry.store as store
         def stalled_row(**kwargs):
             stall()
         store.FileRow = stalled_row

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +15,12 @@ import httpx
 import pytest
 from conftest import _postgres_schema_url, make_bucket, s3_options
 
-from bench.processes import ServerProcess, switchboard_server
-from registry import BaseModelInfo
-from trainer.synthetic import random_adapter
+from support.paths import SWITCHBOARD
+from support.processes import ServerProcess, switchboard_server
+from switchboard_lora.registry import BaseModelInfo
+from switchboard_lora.trainer.synthetic import random_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 
 
 @pytest.fixture

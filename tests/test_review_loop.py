@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_world import World, chat, requests
 
-from serving.app import create_app
-from serving.settings import ServerSettings
+from support.paths import SWITCHBOARD
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 ADMIN = {"authorization": "Bearer admin-key"}
 CLIENT = {"authorization": "Bearer client-key"}
 

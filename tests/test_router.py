@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import BaseModelInfo, ManifestDraft, Registry, SwitchboardError
-from registry.errors import ErrorCode
-from registry.records import VersionInfo
-from router.decision import Policy, RouteTarget
-from router.encoder import Encoder
-from router.evaluate import calibrate, evaluate
-from router.router import FileRoutes, RegistryRoutes, Router
-from router.scorers import LinearScorer
-from trainer.data import load_jsonl
-from trainer.loop import routing_sample
+from support.paths import DATA
+from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.router.decision import Policy, RouteTarget
+from switchboard_lora.router.encoder import Encoder
+from switchboard_lora.router.evaluate import calibrate, evaluate
+from switchboard_lora.router.router import FileRoutes, RegistryRoutes, Router
+from switchboard_lora.router.scorers import LinearScorer
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.loop import routing_sample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 GENERAL_REQUESTS = [  # requests that belong to no demo domain: the `base` route's examples
     "What's the weather going to be like in Lisbon this weekend?",
     "Can you recommend a good novel to read on holiday?",
@@ -360,7 +360,7 @@ UNSEEN_GENERAL = [
 
 def _module_routes(count: int) -> dict[str, list[str]]:
     """`count` routes of code requests, one per stdlib module: many routes much alike."""
-    from switchboard.demo_data import stdlib_functions
+    from switchboard_lora.demo_data import stdlib_functions
 
     by_module: dict[str, list[str]] = {}
     for row in stdlib_functions():
@@ -386,7 +386,7 @@ def test_one_gate_threshold_holds_from_two_routes_to_fifty(
 ) -> None:
     """The default threshold means the same as routes are added (here 2, 5, then 5 + 40 code
     routes much alike): domain requests keep passing the gate, general ones keep failing it."""
-    from switchboard.demo_data import DOMAINS
+    from switchboard_lora.demo_data import DOMAINS
 
     domains = {d: requests(d, "train", 30) for d in DOMAINS}
     fillers = _module_routes(40)
@@ -443,7 +443,7 @@ def test_a_change_refits_from_the_last_fit_to_the_same_decisions(
 def test_routes_without_base_examples_route_every_request(tmp_path: Path, encoder: Encoder) -> None:
     """No `base` examples: nothing speaks for the base, so no request falls back to it, and
     few examples per route (a flat softmax) do not make the gate give way."""
-    from switchboard.demo_data import DOMAINS
+    from switchboard_lora.demo_data import DOMAINS
 
     path = _routes_file(tmp_path / "routes.jsonl", {d: requests(d, "train", 5) for d in DOMAINS})
     held = [(t, d) for d in DOMAINS for t in requests(d, "eval", 20)]

@@ -22,14 +22,14 @@ from serving_world import (
     still_serves,
 )
 
-from registry import (
+from switchboard_lora.registry import (
     PROJECTIONS,
 )
-from router.devices import torch_device
-from serving.app import create_app
-from serving.engine import SamplingParams
-from serving.openai_format import ROUTE_HEADER
-from serving.settings import ServerSettings
+from switchboard_lora.router.devices import torch_device
+from switchboard_lora.serving.engines.interface import SamplingParams
+from switchboard_lora.serving.http.app import create_app
+from switchboard_lora.serving.http.openai_format import ROUTE_HEADER
+from switchboard_lora.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +246,7 @@ def test_both_engines_give_the_same_greedy_tokens_for_adapters_and_mixtures(
 ) -> None:
     """fp32 on both engines. Tokens must agree up to the first step where PEFT's top two
     logits are within 0.01 (beyond a near-tie, either answer is right)."""
-    from serving.mixture import build_mixture
+    from switchboard_lora.serving.mixture import build_mixture
 
     for name, seed in (("strong-a", 31), ("strong-b", 32)):
         source = make_lora(

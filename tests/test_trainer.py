@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,16 +13,15 @@ from typing import Any
 
 import pytest
 
-from registry import MANIFEST_FILE, BaseModelInfo, Registry, SwitchboardError
-from registry.tensors import fingerprint_tensors
-from trainer.config import TrainConfig
-from trainer.data import Dataset, load_jsonl
-from trainer.loop import train_adapter
-from trainer.peft_setup import assert_frozen
+from support.paths import DATA, SWITCHBOARD
+from switchboard_lora.registry import MANIFEST_FILE, BaseModelInfo, Registry, SwitchboardError
+from switchboard_lora.registry.tensors import fingerprint_tensors
+from switchboard_lora.trainer.config import TrainConfig
+from switchboard_lora.trainer.data import Dataset, load_jsonl
+from switchboard_lora.trainer.loop import train_adapter
+from switchboard_lora.trainer.peft_setup import assert_frozen
 
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).resolve().parents[1] / "data"
-SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
 
 
 def _subset(path: Path, n: int) -> Dataset:
@@ -252,7 +250,7 @@ def test_prefix_starts_as_real_text_prepended(real_base: BaseModelInfo) -> None:
     from peft import PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.peft_setup import init_prefix_from_text
+    from switchboard_lora.trainer.peft_setup import init_prefix_from_text
 
     tokenizer = AutoTokenizer.from_pretrained(real_base.path)
     base = AutoModelForCausalLM.from_pretrained(real_base.path)

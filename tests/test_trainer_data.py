@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
-from registry import ErrorCode, SwitchboardError
-from trainer.config import TrainConfig
-from trainer.data import load_jsonl
-from trainer.encoding import length_grouped_batches
-from trainer.loop import routing_sample, split
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from support.paths import DATA
+from switchboard_lora.registry import ErrorCode, SwitchboardError
+from switchboard_lora.trainer.config import TrainConfig
+from switchboard_lora.trainer.data import load_jsonl
+from switchboard_lora.trainer.encoding import length_grouped_batches
+from switchboard_lora.trainer.loop import routing_sample, split
 
 
 def _write(path: Path, rows: list[Any]) -> Path:

@@ -10,9 +10,9 @@ import logging
 import httpx
 import pytest
 
-from registry.errors import ErrorCode, SwitchboardError
-from serving.metrics import Metrics
-from serving.upstream import UpstreamPool, rendezvous
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.serving.engines.upstream import UpstreamPool, rendezvous
+from switchboard_lora.serving.http.metrics import Metrics
 
 URLS = [f"http://10.0.0.{i}:8000" for i in range(1, 5)]
 NAMES = [f"domain{i}-v1-0123456789ab" for i in range(200)]
@@ -147,7 +147,7 @@ def test_a_failed_first_check_and_every_change_of_health_is_logged_with_its_reas
             await pool.check(down, upstream)  # leaves again
             return [*down.asked, *up.asked]  # type: ignore[attr-defined]
 
-    with caplog.at_level(logging.INFO, logger="serving.upstream"):
+    with caplog.at_level(logging.INFO, logger="switchboard_lora.serving.engines.upstream"):
         asked = asyncio.run(checks())
     assert set(asked) == {"http://10.0.0.9:8000/v1/models"}  # never /v1/v1/models
     said = [r.getMessage() for r in caplog.records]

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from serving_world import World, make_lora
 
-from bench.processes import vllm_server
-from registry import RegistrySettings
-from tests.serving_world import World, make_lora
+from support.processes import vllm_server
+from switchboard_lora.registry import RegistrySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -26,18 +26,18 @@ PROMPT = [{"role": "user", "content": "Name three primary colours."}]
 
 
 def _resolve(world: World, name: str, base: Path | None = None) -> Any:
-    from serving.vllm_resolver import SwitchboardResolver
+    from switchboard_lora.serving.engines.vllm_resolver import SwitchboardResolver
 
     resolver = SwitchboardResolver(lambda: RegistrySettings(home=world.home))
     return asyncio.run(resolver.resolve_lora(str(base or world.base.path), name))
 
 
 def test_lora_ids_are_stable_across_processes() -> None:
-    from serving.vllm_resolver import lora_id
+    from switchboard_lora.serving.engines.vllm_resolver import lora_id
 
     names = ["math-v1-0123456789ab", "math-v2-0123456789ab", "mix-7-v1-fedcba987654"]
     code = (
-        "import sys; from serving.vllm_resolver import lora_id;"
+        "import sys; from switchboard_lora.serving.engines.vllm_resolver import lora_id;"
         " print([lora_id(n) for n in sys.argv[1:]])"
     )
     elsewhere = subprocess.run(
@@ -55,7 +55,7 @@ def test_lora_ids_are_stable_across_processes() -> None:
 def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
     fresh_world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from serving.vllm_resolver import lora_id
+    from switchboard_lora.serving.engines.vllm_resolver import lora_id
 
     registry = fresh_world.registry
     math = registry.resolve("math")
@@ -85,7 +85,7 @@ def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
         "other base": registry.resolve("foreign").served_name,
         "fails verification": broken.served_name,
     }
-    with caplog.at_level(logging.WARNING, logger="serving.vllm_resolver"):
+    with caplog.at_level(logging.WARNING, logger="switchboard_lora.serving.engines.vllm_resolver"):
         answers = {why: _resolve(fresh_world, name) for why, name in refused.items()}
     assert answers == dict.fromkeys(refused)
     logged = caplog.text

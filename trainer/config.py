@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.bases import PROJECTIONS
-from registry.errors import ErrorCode, SwitchboardError
-from registry.manifest import ManifestDraft
+from switchboard_lora.registry.bases import PROJECTIONS
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.manifest import ManifestDraft
 
 DEFAULT_TARGETS = PROJECTIONS  # LoRA on every projection vLLM serves
 _DEFAULT_LR = {"lora": 3e-4, "prefix": 3e-3}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from trainer.data import Example
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.trainer.data import Example
 
 if TYPE_CHECKING:
     import torch

@@ -18,14 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from registry.manifest import MANIFEST_FILE, BaseRef, DataInfo, ManifestDraft
-from trainer.config import TrainConfig, TrainingInterrupted, TrainResult
-from trainer.data import Dataset, Example
-from trainer.encoding import Encoded, collate, encode, length_grouped_batches, pad_id
-from trainer.losses import autocast, batch_loss, mean_loss
-from trainer.peft_setup import assert_frozen, base_digest, init_prefix_from_text, peft_config
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.manifest import MANIFEST_FILE, BaseRef, DataInfo, ManifestDraft
+from switchboard_lora.trainer.config import TrainConfig, TrainingInterrupted, TrainResult
+from switchboard_lora.trainer.data import Dataset, Example
+from switchboard_lora.trainer.encoding import (
+    Encoded,
+    collate,
+    encode,
+    length_grouped_batches,
+    pad_id,
+)
+from switchboard_lora.trainer.losses import autocast, batch_loss, mean_loss
+from switchboard_lora.trainer.peft_setup import (
+    assert_frozen,
+    base_digest,
+    init_prefix_from_text,
+    peft_config,
+)
 
 log = logging.getLogger(__name__)
 

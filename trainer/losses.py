@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from trainer.encoding import IGNORE, Encoded, collate
+from switchboard_lora.trainer.encoding import IGNORE, Encoded, collate
 
 if TYPE_CHECKING:
     import torch

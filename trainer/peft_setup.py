@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
-from trainer.config import TrainConfig
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.trainer.config import TrainConfig
 
 
 def peft_config(config: TrainConfig) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from registry.bases import PROJECTIONS
+from switchboard_lora.registry.bases import PROJECTIONS
 
 
 def random_adapter(

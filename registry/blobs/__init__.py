@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from registry.blobs.base import BlobStore, StoredBlob, integrity
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.blobs.base import BlobStore, StoredBlob, integrity
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 __all__ = ["BlobStore", "StoredBlob", "integrity", "open_blob_store"]
 
@@ -24,7 +24,7 @@ __all__ = ["BlobStore", "StoredBlob", "integrity", "open_blob_store"]
 def open_blob_store(url: str | None, home: Path, options: Mapping[str, str] = {}) -> BlobStore:
     """The store a registry's blob URL names: none or `file://…` is a local folder (default
     `home/blobs`), `s3://bucket/prefix` an object store."""
-    from registry.blobs.local import LocalBlobStore
+    from switchboard_lora.registry.blobs.local import LocalBlobStore
 
     if url is None:
         return LocalBlobStore(home / "blobs")
@@ -32,7 +32,7 @@ def open_blob_store(url: str | None, home: Path, options: Mapping[str, str] = {}
     if scheme == "file" and rest:
         return LocalBlobStore(Path(rest))
     if scheme == "s3" and rest:
-        from registry.blobs.s3 import S3BlobStore
+        from switchboard_lora.registry.blobs.s3 import S3BlobStore
 
         return S3BlobStore.from_url(url, options)
     raise SwitchboardError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 
 @dataclass(frozen=True, slots=True)

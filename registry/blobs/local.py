@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from registry.blobs.base import StoredBlob, integrity
-from registry.tensors import sha256_file
+from switchboard_lora.registry.blobs.base import StoredBlob, integrity
+from switchboard_lora.registry.tensors import sha256_file
 
 _CHUNK = 1 << 20
 

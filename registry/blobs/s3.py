@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from registry.blobs.base import StoredBlob, integrity
-from registry.errors import ErrorCode, SwitchboardError
-from registry.tensors import sha256_file
+from switchboard_lora.registry.blobs.base import StoredBlob, integrity
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.tensors import sha256_file
 
 _CHUNK = 8 << 20
 

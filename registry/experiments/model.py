@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 BASE_ARM = "base"
 SCORE_RANGE = (0.0, 1.0)

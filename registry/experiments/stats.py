@@ -14,7 +14,7 @@ from typing import Any
 
 from scipy import stats
 
-from registry.experiments.model import Experiment, Exposure
+from switchboard_lora.registry.experiments.model import Experiment, Exposure
 
 ALPHA = 0.05
 

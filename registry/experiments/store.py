@@ -15,11 +15,11 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from registry import queries
-from registry.aliases import point_alias
-from registry.db import as_utc
-from registry.errors import ErrorCode, SwitchboardError
-from registry.experiments.model import (
+from switchboard_lora.registry import queries
+from switchboard_lora.registry.aliases import point_alias
+from switchboard_lora.registry.db import as_utc
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.experiments.model import (
     BASE_ARM,
     SCORE_RANGE,
     Arm,
@@ -27,9 +27,9 @@ from registry.experiments.model import (
     Exposure,
     parse_key,
 )
-from registry.records import VersionInfo
-from registry.refs import PROD_ALIAS, AdapterRef, validate_name
-from registry.schema import ArmRow, ExperimentRow, ExposureRow, FeedbackRow
+from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.registry.refs import PROD_ALIAS, AdapterRef, validate_name
+from switchboard_lora.registry.schema import ArmRow, ExperimentRow, ExposureRow, FeedbackRow
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Alembic's entry point for the registry's migrations. Switchboard always hands it an open
-connection inside a transaction (`registry.db`), never a URL from a config file."""
+connection inside a transaction (`switchboard_lora.registry.db`), never a URL from a config file."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from registry.schema import Base
+from switchboard_lora.registry.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

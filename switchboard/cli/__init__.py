@@ -1,5 +1,5 @@
 """The `switchboard` command line: one module per command group, assembled in `main`."""
 
-from switchboard.cli.main import app, main
+from switchboard_lora.cli.main import app, main
 
 __all__ = ["app", "main"]

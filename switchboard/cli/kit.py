@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from registry.bases import BaseModelInfo, BaseModels
-    from registry.store import Registry
-    from switchboard.settings import Settings
+    from switchboard_lora.registry.bases import BaseModelInfo, BaseModels
+    from switchboard_lora.registry.store import Registry
+    from switchboard_lora.settings import Settings
 
 JSON_OUTPUT = "switchboard.json"  # key in click's context meta, shared by nested contexts
 
@@ -30,14 +30,14 @@ JsonFlag = Annotated[
 
 
 def settings_of(ctx: typer.Context) -> Settings:
-    from switchboard.settings import Settings
+    from switchboard_lora.settings import Settings
 
     settings = ctx.find_root().obj
     return settings if isinstance(settings, Settings) else Settings()
 
 
 def open_registry(ctx: typer.Context) -> Registry:
-    from registry.store import open_registry as open_store
+    from switchboard_lora.registry.store import open_registry as open_store
 
     registry = open_store(settings_of(ctx))
     ctx.call_on_close(registry.close)
@@ -45,14 +45,14 @@ def open_registry(ctx: typer.Context) -> Registry:
 
 
 def open_bases(ctx: typer.Context) -> BaseModels:
-    from registry.bases import BaseModels
+    from switchboard_lora.registry.bases import BaseModels
 
     return BaseModels(settings_of(ctx).bases_dir)
 
 
 def open_base(ctx: typer.Context, spec: str | None = None) -> BaseModelInfo:
     """The base named by `spec` (default: the settings'), or an error saying how to get it."""
-    from switchboard.bases import get_or_hint
+    from switchboard_lora.base_pull import get_or_hint
 
     return get_or_hint(open_bases(ctx), spec or settings_of(ctx).base)
 

@@ -12,15 +12,16 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from registry.errors import ErrorCode, SwitchboardError
-from switchboard.cli.data import data_app
-from switchboard.cli.encoder import encoder_app
-from switchboard.cli.experiment import experiment_app
-from switchboard.cli.kit import JSON_OUTPUT
-from switchboard.cli.registry import base_app, registry_app
-from switchboard.cli.route import route_app
-from switchboard.cli.serve import demo, serve
-from switchboard.cli.train import train
+from switchboard_lora.cli.base import base_app
+from switchboard_lora.cli.data import data_app
+from switchboard_lora.cli.encoder import encoder_app
+from switchboard_lora.cli.experiment import experiment_app
+from switchboard_lora.cli.kit import JSON_OUTPUT
+from switchboard_lora.cli.registry import registry_app
+from switchboard_lora.cli.route import route_app
+from switchboard_lora.cli.serve import demo, serve
+from switchboard_lora.cli.train import train
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
 EXIT_CODES = {
@@ -81,7 +82,7 @@ def root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from switchboard.settings import Settings
+    from switchboard_lora.settings import Settings
 
     settings = Settings()  # the environment (SWITCHBOARD_*), then flags on top
     if home is not None:

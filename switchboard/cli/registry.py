@@ -1,4 +1,4 @@
-"""`switchboard base …` and `switchboard registry …` commands."""
+"""`switchboard registry …` commands: publish, list, alias, verify, export."""
 
 from __future__ import annotations
 
@@ -7,64 +7,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from switchboard.cli.kit import (
+from switchboard_lora.cli.kit import (
     JsonFlag,
-    busy,
     emit,
     open_base,
-    open_bases,
     open_registry,
     print_table,
     settings_of,
 )
 
 if TYPE_CHECKING:
-    from registry.records import VersionInfo
+    from switchboard_lora.registry.records import VersionInfo
 
-base_app = typer.Typer(help="Base models: pull the default one, list what is cached.")
 registry_app = typer.Typer(help="Versioned adapters: publish, list, alias, verify, export.")
 alias_app = typer.Typer(help="Move or remove an alias (a pointer to a version).")
 registry_app.add_typer(alias_app, name="alias")
-
-
-# ---- base ---------------------------------------------------------------------------------
-
-
-@base_app.command("pull")
-def base_pull(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="A known base model name.")] = "",
-    as_json: JsonFlag = False,
-) -> None:
-    """Convert a known base model into the local cache, once (later calls find it)."""
-    from switchboard.bases import pull
-
-    name = name or settings_of(ctx).base
-    with busy(f"pulling {name} (download + conversion, once)…"):
-        info, built = pull(open_bases(ctx), name)
-    emit(
-        {**info.to_json(), "converted": built},
-        as_json,
-        f"{'converted' if built else 'already cached'}: {info.id} at {info.path}\n"
-        f"fingerprint {info.fingerprint}",
-    )
-
-
-@base_app.command("list")
-def base_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List cached base models with their paths and fingerprints."""
-    bases = open_bases(ctx).list()
-    if as_json:
-        emit([b.to_json() for b in bases], True)
-        return
-    print_table(
-        "base models",
-        ["name", "fingerprint", "source", "path"],
-        [[b.id, b.fingerprint[:23] + "…", b.source, b.path] for b in bases],
-    )
-
-
-# ---- registry -----------------------------------------------------------------------------
 
 
 def _version_rows(versions: list[VersionInfo]) -> list[list[Any]]:
@@ -103,7 +60,7 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish DIRECTORY as the next version of NAME."""
-    from registry import ManifestDraft
+    from switchboard_lora.registry import ManifestDraft
 
     draft = ManifestDraft(description=description)
     manifest = open_registry(ctx).publish(
@@ -265,8 +222,8 @@ def export(ctx: typer.Context, ref: str, directory: Path, as_json: JsonFlag = Fa
 def upgrade(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Apply pending schema migrations to the registry database (every replica may then run
     the new Switchboard)."""
-    from registry.db import open_engine
-    from registry.migrate import upgrade as apply
+    from switchboard_lora.registry.db import open_engine
+    from switchboard_lora.registry.migrate import upgrade as apply
 
     engine = open_engine(settings_of(ctx).registry_url)
     try:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from switchboard.cli.kit import JsonFlag, busy, emit, open_registry, print_table, settings_of
+from switchboard_lora.cli.kit import JsonFlag, busy, emit, open_registry, print_table, settings_of
 
 if TYPE_CHECKING:
-    from registry.store import Registry
-    from router.router import Router, RouteSource
-    from router.scorers import Method
+    from switchboard_lora.registry.store import Registry
+    from switchboard_lora.router.router import Router, RouteSource
+    from switchboard_lora.router.scorers import ScoringMethod
 
 
 class _DecideByDefault(TyperGroup):
@@ -41,8 +41,10 @@ MethodOption = Annotated[
 ]
 
 
-def _load_router(ctx: typer.Context, source: RouteSource, method: Method | None = None) -> Router:
-    from router.router import build_router
+def _load_router(
+    ctx: typer.Context, source: RouteSource, method: ScoringMethod | None = None
+) -> Router:
+    from switchboard_lora.router.router import build_router
 
     _quiet_loading()
     settings = settings_of(ctx)
@@ -53,9 +55,9 @@ def _load_router(ctx: typer.Context, source: RouteSource, method: Method | None 
 
 
 def _registry_router(
-    ctx: typer.Context, method: Method | None = None, registry: Registry | None = None
+    ctx: typer.Context, method: ScoringMethod | None = None, registry: Registry | None = None
 ) -> Router:
-    from router.router import RegistryRoutes
+    from switchboard_lora.router.router import RegistryRoutes
 
     return _load_router(ctx, RegistryRoutes(registry or open_registry(ctx)), method)
 
@@ -101,9 +103,9 @@ def evaluate_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate routing on a labelled file: accuracy, fallback, confusion."""
-    from router.evaluate import evaluate, plot_confusion
-    from router.files import read_labelled
-    from router.router import FileRoutes
+    from switchboard_lora.router.evaluate import evaluate, plot_confusion
+    from switchboard_lora.router.files import read_labelled
+    from switchboard_lora.router.router import FileRoutes
 
     rows = read_labelled(data)
     if routes is None:
@@ -146,8 +148,8 @@ def calibrate_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Fit each route's in-domain threshold on held-out examples and store it."""
-    from router.evaluate import calibrate
-    from router.files import read_labelled
+    from switchboard_lora.router.evaluate import calibrate
+    from switchboard_lora.router.files import read_labelled
 
     rows = read_labelled(data)
     registry = open_registry(ctx)
@@ -179,8 +181,8 @@ def add_examples(
     as_json: JsonFlag = False,
 ) -> None:
     """Add example requests to a route (the next decision uses them; no retraining)."""
-    from registry.errors import SwitchboardError
-    from router.files import read_examples
+    from switchboard_lora.registry.errors import SwitchboardError
+    from switchboard_lora.router.files import read_examples
 
     texts = read_examples(file, name)
     registry = open_registry(ctx)
@@ -305,7 +307,7 @@ def label(
     as_json: JsonFlag = False,
 ) -> None:
     """Label logged decisions: each request becomes an example of its route, live."""
-    from router.files import read_labels
+    from switchboard_lora.router.files import read_labels
 
     if file is not None and decision_id is None and route is None:
         labels, source = read_labels(file), f"label ({file})"

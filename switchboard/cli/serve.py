@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from switchboard.cli.kit import JsonFlag, emit, open_base, settings_of
+from switchboard_lora.cli.kit import JsonFlag, emit, open_base, settings_of
 
 
 def serve(
@@ -42,7 +42,7 @@ def serve(
     """Serve the registry's adapters behind an OpenAI-compatible API (model=auto routes)."""
     import uvicorn
 
-    from serving.app import create_app
+    from switchboard_lora.serving.http.app import create_app
 
     settings = settings_of(ctx)
     if base is not None:
@@ -79,7 +79,7 @@ def demo(
     runs), serve in process, send mixed requests with model=auto and show what served each."""
     from rich.console import Console
 
-    from switchboard.demo import run_demo
+    from switchboard_lora.demo import run_demo
 
     settings = settings_of(ctx)
     settings.engine = engine

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from switchboard.cli.kit import JsonFlag, emit, open_base, open_registry, settings_of
+from switchboard_lora.cli.kit import JsonFlag, emit, open_base, open_registry, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train one adapter on the frozen base; with --publish it becomes NAME's next version."""
-    from registry.refs import validate_name
-    from trainer.config import DEFAULT_TARGETS, TrainConfig
-    from trainer.data import load_jsonl
-    from trainer.loop import train_adapter
+    from switchboard_lora.registry.refs import validate_name
+    from switchboard_lora.trainer.config import DEFAULT_TARGETS, TrainConfig
+    from switchboard_lora.trainer.data import load_jsonl
+    from switchboard_lora.trainer.loop import train_adapter
 
     validate_name(name)
     config = TrainConfig(

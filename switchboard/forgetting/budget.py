@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry.errors import ErrorCode, SwitchboardError
-from switchboard.forgetting.continual import Remedy
+from switchboard_lora.forgetting.continual import Remedy
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from registry.errors import ErrorCode, SwitchboardError
-from trainer.encoding import Encoded, collate, length_grouped_batches
-from trainer.loop import adamw_with_warmup
-from trainer.losses import batch_loss
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.trainer.encoding import Encoded, collate, length_grouped_batches
+from switchboard_lora.trainer.loop import adamw_with_warmup
+from switchboard_lora.trainer.losses import batch_loss
 
 if TYPE_CHECKING:
     import torch

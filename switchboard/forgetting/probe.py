@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from switchboard.forgetting.budget import Budget
-from trainer.data import Example, load_jsonl
-from trainer.encoding import IGNORE, Encoded, encode
-from trainer.losses import loss_per_row, token_mean
+from switchboard_lora.forgetting.budget import Budget
+from switchboard_lora.trainer.data import Example, load_jsonl
+from switchboard_lora.trainer.encoding import IGNORE, Encoded, encode
+from switchboard_lora.trainer.losses import loss_per_row, token_mean
 
 # Chooses, per request text, the adapter to score it with (None: the base).
 Chooser = Callable[[list[str]], list[str | None]]

@@ -25,20 +25,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.bases import BaseModelInfo
-from registry.errors import ErrorCode, SwitchboardError
-from switchboard.demo_data import DOMAINS
-from switchboard.forgetting.budget import Budget
-from switchboard.forgetting.continual import Schedule, SequentialFineTuner
-from switchboard.forgetting.probe import Meter, Scores, build_probe
-from trainer.config import TrainConfig
-from trainer.data import Dataset, Example, load_jsonl
-from trainer.encoding import Encoded, encode, pad_id
-from trainer.loop import train_adapter
+from switchboard_lora.demo_data import DOMAINS
+from switchboard_lora.forgetting.budget import Budget
+from switchboard_lora.forgetting.continual import Schedule, SequentialFineTuner
+from switchboard_lora.forgetting.probe import Meter, Scores, build_probe
+from switchboard_lora.registry.bases import BaseModelInfo
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.trainer.config import TrainConfig
+from switchboard_lora.trainer.data import Dataset, Example, load_jsonl
+from switchboard_lora.trainer.encoding import Encoded, encode, pad_id
+from switchboard_lora.trainer.loop import train_adapter
 
 if TYPE_CHECKING:
-    from registry.store import Registry
-    from router.router import Router
+    from switchboard_lora.registry.store import Registry
+    from switchboard_lora.router.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,12 @@ def scratch_registry(home: Path, data: Path) -> tuple[Registry, Router]:
     """A registry of the report's own under `home`, its `base` route given the demo's general
     requests, and a router over it. Plain settings: it never follows SWITCHBOARD_* to a
     shared registry."""
-    from registry.routing import BASE_ROUTE
-    from registry.settings import RegistrySettings
-    from registry.store import Registry
-    from router.files import read_routes
-    from router.router import RegistryRoutes, build_router
-    from router.settings import RouterSettings
+    from switchboard_lora.registry.route_store import BASE_ROUTE
+    from switchboard_lora.registry.settings import RegistrySettings
+    from switchboard_lora.registry.store import Registry
+    from switchboard_lora.router.files import read_routes
+    from switchboard_lora.router.router import RegistryRoutes, build_router
+    from switchboard_lora.router.settings import RouterSettings
 
     registry = Registry(RegistrySettings(home=home).registry_url, home)
     general_requests = read_routes(data / "general" / "routes.jsonl")[BASE_ROUTE]

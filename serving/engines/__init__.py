@@ -1,0 +1,2 @@
+"""Engines: the interface every engine implements, and the engines (vLLM, upstream
+servers, transformers+PEFT)."""

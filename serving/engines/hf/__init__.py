@@ -1,0 +1,1 @@
+"""The transformers+PEFT engine: continuous batching, the decode loop and batched LoRA."""

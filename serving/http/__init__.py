@@ -1,0 +1,1 @@
+"""The HTTP edge: the OpenAI-compatible API, admin API, keys, limits, errors and metrics."""
