@@ -8,7 +8,7 @@ Trains the five demo domains in turn (math, sql, science, code, dialogue) with e
 the same rows and step budget, measures every earlier domain's held-out loss after each domain
 and general ability (XSum perplexity, BIG-bench `general_knowledge` by log-likelihood) at the
 start and the end; prints the table, writes `<out>/forgetting.json` and `<out>/forgetting.png`.
-About 25 minutes on the 2-core CPU with the defaults. See `trainer/forgetting.py`.
+About 25 minutes on the 2-core CPU with the defaults. The harness is `switchboard/forgetting/`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ site="$(mktemp -d)/site"
 
 "$python" -m pip install --quiet --no-index --no-deps --target "$site" .device-stage/wheels/*.whl \
     > "$out/install.log" 2>&1 || { echo "install failed: see install.log"; exit 1; }
-export PYTHONPATH="$site:$PWD"
+export PYTHONPATH="$site:$PWD"  # switchboard_lora from its wheel; bench, support, tests from here
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 gpu_tests=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')

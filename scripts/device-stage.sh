@@ -38,6 +38,8 @@ echo "downloading ${#pins[@]} wheels for CPython $python_version manylinux x86_6
     --python-version "$python_version" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --dest "$stage/wheels" "${pins[@]}"
+# and Switchboard itself: the one import package, switchboard_lora, as a pure-Python wheel
+.venv/bin/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$stage/wheels" .
 
 size_mib=$(( $(du -sk "$stage" | cut -f1) / 1024 ))
 tree_mib=$(( $(git ls-files -z | du -ck --files0-from=- | tail -1 | cut -f1) / 1024 ))

@@ -22,10 +22,6 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
 
-    @property
-    def trained_tokens(self) -> int:
-        return sum(1 for t in self.labels if t != IGNORE)
-
 
 def pad_id(tokenizer: Any) -> int:
     """The id batches are padded with (masked out, so any id would do; the base's own if any)."""
