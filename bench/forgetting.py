@@ -8,7 +8,7 @@ Trains the five demo domains in turn (math, sql, science, code, dialogue) with e
 the same rows and step budget, measures every earlier domain's held-out loss after each domain
 and general ability (XSum perplexity, BIG-bench `general_knowledge` by log-likelihood) at the
 start and the end; prints the table, writes `<out>/forgetting.json` and `<out>/forgetting.png`.
-About 25 minutes on the 2-core CPU with the defaults. The harness is `switchboard/forgetting/`.
+About 25 minutes on the 2-core CPU with the defaults. The harness is `evaluation/forgetting/`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Annotated
 import typer
 
 from bench._common import HomeOption, default_base
+from evaluation.forgetting.budget import Budget
+from evaluation.forgetting.report import METHODS, plot, run, table
 from support.paths import DATA
 from switchboard_lora.demo_data import DOMAINS
-from switchboard_lora.forgetting.budget import Budget
-from switchboard_lora.forgetting.report import METHODS, plot, run, table
 from switchboard_lora.registry import SwitchboardError
 
 

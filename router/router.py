@@ -256,8 +256,17 @@ class Router:
     def routes(self) -> dict[str, Route]:
         return self.index().routes
 
-    def decide(self, request: Request, model: str = "auto") -> Decision:
-        """`auto` routes; `base` is the base; anything else is an adapter ref, not routed."""
+    def decide(
+        self, request: Request, model: str = "auto", mix: Sequence[tuple[str, float]] = ()
+    ) -> Decision:
+        """`auto` routes; `base` is the base; anything else is an adapter ref, not routed. A
+        client's explicit `mix` (refs and weights) is a mix decision, whatever `model` says."""
+        if mix:
+            choices = tuple(
+                Choice(self.source.resolve(str(AdapterRef.parse(ref))), ref, weight)
+                for ref, weight in mix
+            )
+            return Decision("mix", choices, reason="explicit mix", model=model)
         if model == BASE_ROUTE:
             return Decision("base", reason="asked for the base", model=model)
         if model != "auto":

@@ -34,6 +34,7 @@ from switchboard_lora.registry.manifest import Component, ManifestDraft
 from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.registry.refs import MIX_PREFIX
 from switchboard_lora.registry.store import Registry
+from switchboard_lora.serving.engines.interface import unservable_by
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,10 @@ def build_mixture(
                 ErrorCode.INVALID_INPUT, f"weight of {ref} must be a positive number, got {weight}"
             )
         version = registry.resolve(ref)
-        if version.method != "lora":
-            raise SwitchboardError(
-                ErrorCode.INVALID_ADAPTER,
-                f"{version.ref} is a {version.method} adapter; only LoRA adapters mix",
-            )
-        if version.base_fingerprint != base.fingerprint:
-            raise SwitchboardError(
-                ErrorCode.INCOMPATIBLE_BASE,
-                f"{version.ref} was made for another base than {base.id}",
-            )
+        refusal = None if version.method == "lora" else "only LoRA adapters mix"
+        problem = unservable_by(version, base.fingerprint, base.id, "mixed", refusal)
+        if problem is not None:
+            raise problem
         components.append((version, quantise(weight, step)))
     if len({v.served_name for v, _ in components}) != len(components):
         raise SwitchboardError(ErrorCode.INVALID_INPUT, "a component appears twice in the mix")

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from switchboard_lora.forgetting import continual
-from switchboard_lora.forgetting.continual import (
+from evaluation.forgetting import continual
+from evaluation.forgetting.continual import (
     Anchor,
     Remedy,
     Schedule,
     SequentialFineTuner,
     fisher_diagonal,
 )
-from switchboard_lora.forgetting.probe import Scores
-from switchboard_lora.forgetting.report import MethodResult
+from evaluation.forgetting.probe import Scores
+from evaluation.forgetting.report import MethodResult
 from switchboard_lora.registry import SwitchboardError
 from switchboard_lora.trainer.encoding import IGNORE, Encoded
 

@@ -60,7 +60,7 @@ def test_plain_settings_ignore_a_poisoned_environment(
 def test_the_forgetting_reports_scratch_registry_stays_in_its_scratch_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from switchboard_lora.forgetting.report import scratch_registry
+    from evaluation.forgetting.report import scratch_registry
 
     poison = tmp_path / "poison"
     for key, value in _poisoned(poison).items():

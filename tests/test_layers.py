@@ -33,3 +33,23 @@ def test_the_graph_sees_the_imports_it_checks() -> None:
     assert not graph.chain_exists(
         importer="switchboard_lora.registry.store", imported="switchboard_lora.serving.http.app"
     )
+
+
+def test_tests_and_benchmarks_import_the_package_not_its_folders() -> None:
+    """`registry`, `router`, … are folders of the checkout (and other distributions' names on
+    PyPI): imported by those names they would load a second copy beside `switchboard_lora`'s,
+    with classes that never match (lint-imports checks the package itself)."""
+    import re
+
+    from support.paths import ROOT
+
+    folder_import = re.compile(
+        r"^\s*(from|import)\s+(registry|router|trainer|serving|switchboard)(\.|\s)", re.M
+    )
+    found = [
+        str(path.relative_to(ROOT))
+        for top in ("tests", "bench", "support", "evaluation")
+        for path in (ROOT / top).rglob("*.py")
+        if folder_import.search(path.read_text())
+    ]
+    assert found == []

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
-from switchboard_lora.serving.engines.upstream import UpstreamPool, rendezvous
+from switchboard_lora.serving.engines.upstream import UpstreamCollector, UpstreamPool, rendezvous
 from switchboard_lora.serving.http.metrics import Metrics
 
 URLS = [f"http://10.0.0.{i}:8000" for i in range(1, 5)]
@@ -88,7 +88,7 @@ def test_metrics_show_each_upstream() -> None:
     pool.upstreams[0].in_flight = 3
     pool.failed(pool.upstreams[1], "down")
     metrics = Metrics()
-    metrics.watch(pool)
+    metrics.watch(UpstreamCollector(pool))
     text = metrics.render()[0].decode()
     assert f'switchboard_upstream_in_flight{{upstream="{URLS[0]}"}} 3.0' in text
     assert f'switchboard_upstream_healthy{{upstream="{URLS[1]}"}} 0.0' in text

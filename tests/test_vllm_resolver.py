@@ -33,11 +33,11 @@ def _resolve(world: World, name: str, base: Path | None = None) -> Any:
 
 
 def test_lora_ids_are_stable_across_processes() -> None:
-    from switchboard_lora.serving.engines.vllm_resolver import lora_id
+    from switchboard_lora.serving.engines.vllm_engine import lora_id
 
     names = ["math-v1-0123456789ab", "math-v2-0123456789ab", "mix-7-v1-fedcba987654"]
     code = (
-        "import sys; from switchboard_lora.serving.engines.vllm_resolver import lora_id;"
+        "import sys; from switchboard_lora.serving.engines.vllm_engine import lora_id;"
         " print([lora_id(n) for n in sys.argv[1:]])"
     )
     elsewhere = subprocess.run(
@@ -55,7 +55,7 @@ def test_lora_ids_are_stable_across_processes() -> None:
 def test_the_resolver_serves_registry_loras_and_refuses_the_rest(
     fresh_world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from switchboard_lora.serving.engines.vllm_resolver import lora_id
+    from switchboard_lora.serving.engines.vllm_engine import lora_id
 
     registry = fresh_world.registry
     math = registry.resolve("math")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
+from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.serving.engines.tokens import Tokens
 
 if TYPE_CHECKING:
@@ -174,3 +175,22 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""
     found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return (text[: min(found)], True) if found else (text, False)
+
+
+def unservable_by(
+    version: VersionInfo, fingerprint: str, base_name: str, served_by: str, refusal: str | None
+) -> SwitchboardError | None:
+    """Why a version cannot be `served_by` something serving the base `base_name` (whose
+    weights' fingerprint is `fingerprint`), or None. The one rule behind an engine's requests,
+    model list and routes, a mixture's components and vLLM's resolver: the adapter was made
+    for this base, and the server has no reason of its own against it (`refusal`)."""
+    if version.base_fingerprint != fingerprint:
+        return SwitchboardError(
+            ErrorCode.INCOMPATIBLE_BASE,
+            f"{version.ref} was made for another base model than the one served ({base_name})",
+        )
+    if refusal is not None:
+        return SwitchboardError(
+            ErrorCode.INVALID_ADAPTER, f"{version.ref} cannot be {served_by}: {refusal}"
+        )
+    return None

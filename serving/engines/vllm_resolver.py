@@ -19,7 +19,6 @@ vLLM then answers the request with a 404.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -37,15 +36,10 @@ from switchboard_lora.registry import (
     open_registry,
 )
 from switchboard_lora.registry.refs import SERVED_NAME
+from switchboard_lora.serving.engines.interface import unservable_by
+from switchboard_lora.serving.engines.vllm_engine import lora_id
 
 log = logging.getLogger(__name__)
-
-
-def lora_id(served_name: str) -> int:
-    """A stable positive 31-bit id per served name, the same in every process (Python's
-    `hash` of a string is salted per process)."""
-    digest = hashlib.sha256(served_name.encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31 - 1) + 1
 
 
 class SwitchboardResolver(LoRAResolver):
@@ -73,17 +67,11 @@ class SwitchboardResolver(LoRAResolver):
             with self._lock:
                 registry = self._open()
                 info = registry.resolve(ref)  # unknown or deleted: its reason, logged below
-                refusal = None
-                if info.method != "lora":
-                    refusal = f"is a {info.method} adapter; vLLM serves LoRA only"
-                elif info.base_fingerprint != (base := self._fingerprint(base_model_name)):
-                    refusal = (
-                        f"was trained on another base (fingerprint {info.base_fingerprint[:12]}…,"
-                        f" this base {base[:12]}…)"
-                    )
-                if refusal is not None:
-                    log.warning("switchboard: %s %s", served_name, refusal)
-                    return None
+                refusal = None if info.method == "lora" else "vLLM serves LoRA only"
+                fingerprint = self._fingerprint(base_model_name)
+                problem = unservable_by(info, fingerprint, base_model_name, "served", refusal)
+                if problem is not None:
+                    raise problem
                 return registry.checkout(ref)[1]
         except SwitchboardError as exc:
             log.warning("switchboard: cannot serve %s: %s", served_name, exc)

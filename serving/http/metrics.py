@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from switchboard_lora.serving.engines.interface import Generation
-    from switchboard_lora.serving.service import Served
+    from switchboard_lora.serving.served import Served
 
 _LABELS = ("adapter", "decision")
 

@@ -5,13 +5,43 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from switchboard_lora.serving.engines.interface import Generation
 from switchboard_lora.serving.engines.tokens import Tokens
-from switchboard_lora.serving.service import Served, Service, unservable
+from switchboard_lora.serving.served import Served
+from switchboard_lora.serving.service import Service, unservable
 
 ROUTE_HEADER = "x-switchboard-route"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer's shape, fixed once its request is admitted: chat or text completion, the
+    model name the client sent, what served it, and the extras the client asked for."""
+
+    chat: bool
+    model: str
+    served: Served
+    token_ids: bool = False  # vLLM's `return_token_ids`: ids beside the text
+    include_usage: bool = False  # a stream's final usage chunk (`stream_options`)
+    created: int = field(default_factory=lambda: int(time.time()))
+    ident: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ident:
+            prefix = "chatcmpl" if self.chat else "cmpl"
+            object.__setattr__(self, "ident", f"{prefix}-{uuid.uuid4().hex}")
+
+    @property
+    def object(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
 
 
 def model_list(service: Service) -> list[dict[str, Any]]:
@@ -108,68 +138,74 @@ def _chat_token(text: str, logprob: float) -> dict[str, Any]:
     return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
 
-def completion_body(
-    ident: str,
-    model: str,
-    served: Served,
-    generation: Generation,
-    chat: bool,
-    tokens: Tokens,
-    token_ids: bool = False,
-) -> dict[str, Any]:
+def completion_body(reply: Reply, generation: Generation, tokens: Tokens) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "finish_reason": generation.finish_reason,
-        "logprobs": logprobs_body(generation, tokens, chat),
+        "logprobs": logprobs_body(generation, tokens, reply.chat),
     }
-    if token_ids:  # vLLM's `return_token_ids`
+    if reply.token_ids:
         choice["token_ids"] = list(generation.token_ids)
-    if chat:
+    if reply.chat:
         choice["message"] = {"role": "assistant", "content": generation.text}
     else:
         choice["text"] = generation.text
     return {
-        "id": ident,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": model,
+        "id": reply.ident,
+        "object": reply.object,
+        "created": reply.created,
+        "model": reply.model,
         "choices": [choice],
         "usage": usage(generation),
-        "switchboard": served.to_json(),
+        "switchboard": reply.served.to_json(),
     }
 
 
 def stream_chunk(
-    ident: str,
-    model: str,
-    created: int,
-    chat: bool,
+    reply: Reply,
     text: str | None,
     finish: str | None,
-    served: Served | None = None,
     *,
+    first: bool = False,
     token_ids: list[int] | None = None,
 ) -> str:
-    """One server-sent event of a stream; the first carries `served` (what served it);
-    `token_ids`, where asked for, the ids of the tokens this chunk completes."""
-    if chat:
-        delta: dict[str, Any] = {"role": "assistant"} if served is not None else {}
+    """One server-sent event of a stream; the first carries what served it; `token_ids`,
+    where asked for, the ids of the tokens this chunk completes."""
+    if reply.chat:
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text:
             delta["content"] = text
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish}
-    if token_ids is not None:
-        choice["token_ids"] = token_ids
+    if reply.token_ids:
+        choice["token_ids"] = token_ids or []
     payload: dict[str, Any] = {
-        "id": ident,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": created,
-        "model": model,
+        "id": reply.ident,
+        "object": reply.chunk_object,
+        "created": reply.created,
+        "model": reply.model,
         "choices": [choice],
     }
-    if served is not None:
-        payload["switchboard"] = served.to_json()
+    if first:
+        payload["switchboard"] = reply.served.to_json()
+    return _event(payload)
+
+
+def usage_chunk(reply: Reply, generation: Generation) -> str:
+    """A stream's last chunk before [DONE] when the client asked for usage: no choices."""
+    payload = {
+        "id": reply.ident,
+        "object": reply.chunk_object,
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [],
+        "usage": usage(generation),
+    }
+    return _event(payload)
+
+
+def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 

@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from switchboard_lora.serving.engines.interface import Generation, GenerationRequest
 from switchboard_lora.serving.http.errors import error_event
-from switchboard_lora.serving.http.openai_format import stream_chunk, usage
-from switchboard_lora.serving.service import Served, Service
+from switchboard_lora.serving.http.openai_format import Reply, stream_chunk, usage_chunk
+from switchboard_lora.serving.service import Service
 
 Observe = Callable[[Generation], Awaitable[None]]
 
 
 async def stream(
-    service: Service,
-    generation_request: GenerationRequest,
-    served: Served,
-    model: str,
-    ident: str,
-    chat: bool,
-    observe: Observe,
-    *,
-    include_usage: bool,
-    token_ids: bool,
+    service: Service, generation_request: GenerationRequest, reply: Reply, observe: Observe
 ) -> AsyncIterator[str]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     task = asyncio.ensure_future(service.generate(generation_request, queue.put_nowait))
@@ -38,23 +27,7 @@ async def stream(
         tokens: list[int] = []
         sent = ""
         given = 0  # how many of the tokens' ids chunks have carried
-        created = int(time.time())
-
-        def chunk(
-            text: str | None, finish: str | None, ids: list[int] | None = None, first: bool = False
-        ) -> str:
-            return stream_chunk(
-                ident,
-                model,
-                created,
-                chat,
-                text,
-                finish,
-                served if first else None,
-                token_ids=(ids or []) if token_ids else None,
-            )
-
-        yield chunk(None, None, first=True)
+        yield stream_chunk(reply, None, None, first=True)
         stops = generation_request.params.stop
         while not (task.done() and queue.empty()):
             try:
@@ -70,7 +43,7 @@ async def stream(
                 hold = max((len(s) - 1 for s in stops), default=0)
                 text = text[: max(len(sent), len(text) - hold)]
             if len(text) > len(sent):
-                yield chunk(text[len(sent) :], None, tokens[given:])
+                yield stream_chunk(reply, text[len(sent) :], None, token_ids=tokens[given:])
                 sent, given = text, len(tokens)
         try:
             generation = await task
@@ -79,21 +52,12 @@ async def stream(
             return
         rest = list(generation.token_ids[given:])
         if len(generation.text) > len(sent) and generation.text.startswith(sent):
-            yield chunk(generation.text[len(sent) :], None, rest)
+            yield stream_chunk(reply, generation.text[len(sent) :], None, token_ids=rest)
             rest = []
         await observe(generation)
-        yield chunk(None, generation.finish_reason, rest)
-        if include_usage:
-            kind = "chat.completion.chunk" if chat else "text_completion"
-            final: dict[str, Any] = {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage(generation),
-            }
-            yield f"data: {json.dumps(final)}\n\n"
+        yield stream_chunk(reply, None, generation.finish_reason, token_ids=rest)
+        if reply.include_usage:
+            yield usage_chunk(reply, generation)
         yield "data: [DONE]\n\n"
     finally:  # done, or the client left (the server closed this generator): stop its work
         if not task.done():

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluation.forgetting.budget import Budget
+from evaluation.forgetting.continual import Schedule, SequentialFineTuner
+from evaluation.forgetting.probe import Meter, Scores, build_probe
 from switchboard_lora.demo_data import DOMAINS
-from switchboard_lora.forgetting.budget import Budget
-from switchboard_lora.forgetting.continual import Schedule, SequentialFineTuner
-from switchboard_lora.forgetting.probe import Meter, Scores, build_probe
 from switchboard_lora.registry.bases import BaseModelInfo
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.trainer.config import TrainConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from switchboard_lora.forgetting.continual import Remedy
+from evaluation.forgetting.continual import Remedy
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from switchboard_lora.forgetting.budget import Budget
+from evaluation.forgetting.budget import Budget
 from switchboard_lora.trainer.data import Example, load_jsonl
 from switchboard_lora.trainer.encoding import IGNORE, Encoded, encode
 from switchboard_lora.trainer.losses import loss_per_row, token_mean

@@ -1,0 +1,148 @@
+"""The OpenAI-compatible routes: models, chat completions, completions, feedback.
+
+Routes are thin: they parse, call the service, and shape the answer (`openai_format`,
+`streaming`). Every answer says what served it: a `switchboard` field in the body and an
+`x-switchboard-route` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from switchboard_lora.registry.refs import AdapterRef
+from switchboard_lora.serving.engines.interface import Generation, SamplingParams
+from switchboard_lora.serving.http.auth import check_mix
+from switchboard_lora.serving.http.deps import KeyDep, ServiceDep
+from switchboard_lora.serving.http.metrics import Metrics
+from switchboard_lora.serving.http.openai_format import (
+    Reply,
+    completion_body,
+    header_value,
+    model_list,
+)
+from switchboard_lora.serving.http.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+)
+from switchboard_lora.serving.http.streaming import stream
+from switchboard_lora.serving.service import Service
+
+router = APIRouter(prefix="/v1", dependencies=KeyDep, tags=["openai"])
+
+Body = ChatCompletionRequest | CompletionRequest
+
+
+@router.get("/models")
+async def models(service: ServiceDep) -> dict[str, Any]:
+    return {"object": "list", "data": model_list(service)}
+
+
+@router.post("/chat/completions")
+async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
+    messages = [m.model_dump() for m in body.messages]
+    limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
+    return await _answer(request, service, body, messages, limit)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, service: ServiceDep, request: Request) -> Response:
+    return await _answer(request, service, body, body.prompt, body.token_limit)
+
+
+@router.post("/feedback")
+async def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
+    experiment = await asyncio.to_thread(
+        service.registry.experiments.feedback,
+        body.id,
+        thumbs_up=None if body.thumbs is None else body.thumbs == "up",
+        score=body.score,
+        label=body.label,
+    )
+    return {"id": body.id, "experiment": experiment, "recorded": True}
+
+
+def _mix_of(body: Body, request: Request) -> list[tuple[str, float]]:
+    parts = [(p.ref, p.weight) for p in body.switchboard.mix] if body.switchboard else []
+    if parts:
+        allowed: frozenset[str] = request.app.state.mix_allow
+        check_mix(request, [AdapterRef.parse(ref).name for ref, _ in parts], allowed)
+    return parts
+
+
+def _sampling(body: Body, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stops,
+        seed=body.seed,
+        logprobs=body.logprob_count,
+    )
+
+
+async def _answer(
+    request: Request,
+    service: Service,
+    body: Body,
+    prompt: str | list[dict[str, str]],
+    max_tokens: int,
+) -> Response:
+    served, generation_request = await asyncio.to_thread(  # one trip off the event loop
+        service.admit,
+        body.model,
+        prompt,
+        _mix_of(body, request),
+        request.headers,
+        _sampling(body, max_tokens),
+    )
+    reply = Reply(
+        chat=isinstance(body, ChatCompletionRequest),
+        model=body.model,
+        served=served,
+        token_ids=body.return_token_ids,
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
+    )
+    metrics: Metrics = request.app.state.metrics
+    started = time.perf_counter()
+
+    async def observe(generation: Generation) -> None:
+        """Metrics for every answer; the exposure record of an answer an arm served."""
+        seconds = time.perf_counter() - started
+        metrics.observe(served, seconds, generation)
+        await asyncio.to_thread(service.arms.expose, reply.ident, served, seconds, generation)
+
+    headers = header_value(served)
+    if body.stream:
+        events = stream(service, generation_request, reply, observe)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    generation = await _unless_disconnected(request, service.generate(generation_request))
+    if generation is None:  # nobody is waiting for an answer
+        return Response(status_code=499)
+    await observe(generation)
+    return JSONResponse(completion_body(reply, generation, service.engine.tokens), headers=headers)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Generation]) -> Generation | None:
+    """`work`'s result; or None, with `work` cancelled (its generation stopped), as soon as the
+    client disconnects. The body has been read: the next message is the disconnect."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
