@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -102,6 +103,39 @@ def test_concurrent_requests_for_different_adapters(client: openai.OpenAI) -> No
     for thread in threads:
         thread.join()
     assert answers == alone  # batched together, each row still gets its own adapter
+
+
+def test_what_real_clients_send_is_understood(client: openai.OpenAI) -> None:
+    """LangChain's content parts, the `developer` role, an assistant turn with null content,
+    `top_logprobs: 0`, and `client.models.retrieve` (issue 33, first part)."""
+    plain: Any = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi\nthere"},
+    ]
+    expected = client.chat.completions.create(
+        model="math", messages=plain, max_tokens=6, temperature=0
+    )
+    two_parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]
+    as_clients_send: Any = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": two_parts},
+    ]
+    parts = client.chat.completions.create(
+        model="math", messages=as_clients_send, max_tokens=6, temperature=0, top_logprobs=0
+    )
+    assert parts.choices[0].message.content == expected.choices[0].message.content
+    turn: Any = [*plain, {"role": "assistant", "content": None}, {"role": "user", "content": "?"}]
+    assert client.chat.completions.create(model="math", messages=turn, max_tokens=2).choices
+    image: Any = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="math", messages=image)
+    assert "image_url" in str(refused.value)
+    assert refused.value.body["param"] == "content"  # type: ignore[index]
+
+    assert client.models.retrieve("math:1").id == "math:1"
+    assert client.models.retrieve("math").model_extra["switchboard"]["ref"] == "math:1"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
 
 
 def test_mix_models_health_and_metrics(

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.refs import AdapterRef
 from switchboard_lora.serving.engines.interface import Generation, SamplingParams
 from switchboard_lora.serving.http.auth import check_mix
@@ -42,6 +43,15 @@ Body = ChatCompletionRequest | CompletionRequest
 @router.get("/models")
 async def models(service: ServiceDep) -> dict[str, Any]:
     return {"object": "list", "data": model_list(service)}
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, service: ServiceDep) -> dict[str, Any]:
+    """One entry of the list (`client.models.retrieve`); ids hold ':' and '@'."""
+    for entry in model_list(service):
+        if entry["id"] == model_id:
+            return entry
+    raise SwitchboardError(ErrorCode.NOT_FOUND, f"the model {model_id!r} does not exist")
 
 
 @router.post("/chat/completions")

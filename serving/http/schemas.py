@@ -102,6 +102,8 @@ class _Sampling(BaseModel):
             neutral = _NEUTRAL.get(name)
             if neutral is not None and value not in neutral:
                 raise Unsupported(name)
+        if self.stream_options is not None and not self.stream:  # as OpenAI and vLLM answer
+            raise Misplaced("stream_options", "stream_options is only allowed with stream: true")
         if self.stream and self.logprob_count is not None:
             raise Unsupported("logprobs", "with stream")
         return self
@@ -126,9 +128,44 @@ class Unsupported(ValueError):
         self.field = field
 
 
+class Misplaced(ValueError):
+    """A field given where the request does not allow it; the error's `param` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    """One message. `developer` (OpenAI's newer name for the system role) is the system role;
+    content may be a list of parts, of which text parts are joined (any other part type is
+    refused, named); an assistant's content may be null (a turn that only called a tool)."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts_joined(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise Unsupported("content", f"in a part of type {kind!r} (only text)")
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+    @model_validator(mode="after")
+    def _plain(self) -> Self:
+        if self.role == "developer":
+            self.role = "system"
+        if self.content is None:
+            if self.role != "assistant":
+                raise ValueError(f"a {self.role} message needs content")
+            self.content = ""
+        return self
 
 
 class ChatCompletionRequest(_Sampling):
@@ -142,10 +179,14 @@ class ChatCompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> Self:
+        if self.top_logprobs and not self.logprobs:  # 0 asks for nothing, as clients send it
+            raise Misplaced("top_logprobs", "top_logprobs needs logprobs: true")
+        return self
+
     @property
     def logprob_count(self) -> int | None:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise Unsupported("top_logprobs", "without logprobs: true")
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
