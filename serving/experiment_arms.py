@@ -33,11 +33,11 @@ class ExperimentArms:
     _arms: dict[tuple[int, int], VersionInfo] = field(default_factory=dict)
     _out_of_rotation: dict[int, frozenset[int]] = field(default_factory=dict)
 
-    def split(self, decision: Decision, headers: Mapping[str, str]) -> Served | None:
-        """The arm serving a decision for one adapter, when an experiment runs on it (None:
-        no experiment; the decision's version serves)."""
-        version = decision.choices[0].version
-        assert version is not None  # registry routes always name versions
+    def split(
+        self, decision: Decision, version: VersionInfo, headers: Mapping[str, str]
+    ) -> Served | None:
+        """The arm serving a decision for one adapter (`version`, its live one), when an
+        experiment runs on it (None: no experiment; that version serves)."""
         experiment = self._running().get(version.name)
         if experiment is None:
             return None

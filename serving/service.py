@@ -72,7 +72,7 @@ class Service:
         version = decision.choices[0].version
         assert version is not None  # registry routes always name versions
         if model in ("auto", version.name):  # a pinned version or alias is not split
-            split = self.arms.split(decision, headers or {})
+            split = self.arms.split(decision, version, headers or {})
             if split is not None:
                 return split
         return Served(decision, version)

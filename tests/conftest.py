@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support.paths import ROOT
+from support.paths import ROOT, package_folders
 from support.processes import free_port
 from switchboard_lora.base_pull import pull
 from switchboard_lora.registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
@@ -47,14 +47,11 @@ def _check_the_install_links_every_module() -> None:
     import switchboard_lora
 
     installed = Path(switchboard_lora.__file__).parent
-    folders = {"switchboard": installed, "registry": installed / "registry",
-               "router": installed / "router", "trainer": installed / "trainer",
-               "serving": installed / "serving"}  # fmt: skip
     missing = [
         str(module.relative_to(ROOT))
-        for folder, linked in folders.items()
+        for folder, inside in package_folders().items()
         for module in (ROOT / folder).rglob("*.py")
-        if not (linked / module.relative_to(ROOT / folder)).exists()
+        if not (installed / inside / module.relative_to(ROOT / folder)).exists()
     ]
     if missing:
         raise pytest.UsageError(f"not installed yet: {', '.join(missing)}; run scripts/setup.sh")

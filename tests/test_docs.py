@@ -7,12 +7,12 @@ import re
 
 import typer.main
 
-from support.paths import ROOT
+from support.paths import ROOT, package_folders
 from switchboard_lora.cli.main import app
 from switchboard_lora.serving.settings import ServerSettings
 
 DOCS = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
-CODE = ("switchboard", "registry", "router", "trainer", "serving", "scripts", "bench", "tests")
+CODE = (*package_folders(), "scripts", "bench", "tests", "support", "evaluation")
 
 
 def _commands(command: object, path: list[str]) -> list[str]:

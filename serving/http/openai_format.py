@@ -28,20 +28,19 @@ class Reply:
     token_ids: bool = False  # vLLM's `return_token_ids`: ids beside the text
     include_usage: bool = False  # a stream's final usage chunk (`stream_options`)
     created: int = field(default_factory=lambda: int(time.time()))
-    ident: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.ident:
-            prefix = "chatcmpl" if self.chat else "cmpl"
-            object.__setattr__(self, "ident", f"{prefix}-{uuid.uuid4().hex}")
+    unique: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
-    def object(self) -> str:
-        return "chat.completion" if self.chat else "text_completion"
+    def ident(self) -> str:
+        return f"{'chatcmpl' if self.chat else 'cmpl'}-{self.unique}"
 
-    @property
-    def chunk_object(self) -> str:
-        return "chat.completion.chunk" if self.chat else "text_completion"
+    def head(self, *, chunk: bool) -> dict[str, Any]:
+        """The fields every body and chunk of this answer opens with."""
+        if self.chat:
+            kind = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            kind = "text_completion"
+        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model}
 
 
 def model_list(service: Service) -> list[dict[str, Any]]:
@@ -151,10 +150,7 @@ def completion_body(reply: Reply, generation: Generation, tokens: Tokens) -> dic
     else:
         choice["text"] = generation.text
     return {
-        "id": reply.ident,
-        "object": reply.object,
-        "created": reply.created,
-        "model": reply.model,
+        **reply.head(chunk=False),
         "choices": [choice],
         "usage": usage(generation),
         "switchboard": reply.served.to_json(),
@@ -180,13 +176,7 @@ def stream_chunk(
         choice = {"index": 0, "text": text or "", "finish_reason": finish}
     if reply.token_ids:
         choice["token_ids"] = token_ids or []
-    payload: dict[str, Any] = {
-        "id": reply.ident,
-        "object": reply.chunk_object,
-        "created": reply.created,
-        "model": reply.model,
-        "choices": [choice],
-    }
+    payload = {**reply.head(chunk=True), "choices": [choice]}
     if first:
         payload["switchboard"] = reply.served.to_json()
     return _event(payload)
@@ -194,15 +184,7 @@ def stream_chunk(
 
 def usage_chunk(reply: Reply, generation: Generation) -> str:
     """A stream's last chunk before [DONE] when the client asked for usage: no choices."""
-    payload = {
-        "id": reply.ident,
-        "object": reply.chunk_object,
-        "created": reply.created,
-        "model": reply.model,
-        "choices": [],
-        "usage": usage(generation),
-    }
-    return _event(payload)
+    return _event({**reply.head(chunk=True), "choices": [], "usage": usage(generation)})
 
 
 def _event(payload: dict[str, Any]) -> str:

@@ -120,20 +120,29 @@ class _Sampling(BaseModel):
         raise NotImplementedError
 
 
-class Unsupported(ValueError):
-    """A field this server does not implement; the error's `param` names it."""
+class FieldError(ValueError):
+    """A refusal of one field: the error's `param` names it, `code` says what kind."""
 
-    def __init__(self, field: str, how: str = "") -> None:
-        super().__init__(f"{field} is not supported by this server{' ' + how if how else ''}")
-        self.field = field
-
-
-class Misplaced(ValueError):
-    """A field given where the request does not allow it; the error's `param` names it."""
+    code = "invalid_input"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class Unsupported(FieldError):
+    """A field this server does not implement."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, field: str, how: str = "") -> None:
+        super().__init__(
+            field, f"{field} is not supported by this server{' ' + how if how else ''}"
+        )
+
+
+class Misplaced(FieldError):
+    """A field given where the request does not allow it."""
 
 
 class ChatMessage(BaseModel):
