@@ -7,7 +7,10 @@
   submitted at once): output tokens/s for N prompts on the base alone vs the same prompts
   spread over 8 distinct LoRA adapters (rank 16, all seven projections). Targets (issue 5):
   mixed / base >= 0.8 on CPU. transformers engine only: the 8-adapter load as one mixed
-  batch vs one adapter at a time (8 loads in a row), target >= 3.
+  batch vs one adapter at a time (8 loads in a row), target >= 3. Beside them, on the base:
+  every other row guided by a JSON schema (structured output mixed with free text; target
+  >= 0.85 of base, issue 33), and every row sampled with vLLM's settings (seeded, top-k,
+  top-p, min-p, repetition/presence/frequency penalties, a logit bias).
 - mixture: build time of a 3-adapter mix (rank 16 each) on the real base; a cache hit.
 - http (one engine: the first of --engine; a real uvicorn server on a local port, the
   official openai client):
@@ -37,6 +40,7 @@ from switchboard_lora.demo_data import DOMAINS
 from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
 from switchboard_lora.registry.experiments.stats import percentile
 from switchboard_lora.serving.build import build_engine
+from switchboard_lora.serving.engines.grammar import Guide
 from switchboard_lora.serving.engines.interface import (
     AdapterSpec,
     Engine,
@@ -50,6 +54,18 @@ from switchboard_lora.serving.settings import EngineSettings, ServerSettings
 from switchboard_lora.trainer.data import load_jsonl
 from switchboard_lora.trainer.loop import routing_sample
 from switchboard_lora.trainer.synthetic import random_adapter
+
+# What the structured rows answer: a record as an extraction workload asks for one.
+RECORD = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string"},
+        "summary": {"type": "string"},
+        "difficulty": {"type": "integer", "minimum": 1, "maximum": 5},
+        "keywords": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["topic", "summary", "difficulty", "keywords"],
+}
 
 
 def make_lora(base: BaseModelInfo, out: Path, seed: int) -> Path:
@@ -89,7 +105,19 @@ async def engine_throughput(
         params = SamplingParams(max_tokens=tokens)
         base = [GenerationRequest(t, None, params) for t in texts]
         mixed = [GenerationRequest(t, loras[i % len(loras)], params) for i, t in enumerate(texts)]
-        loads = {"base": [base], "mixed": [mixed]}
+        guided = SamplingParams(max_tokens=tokens, guide=Guide("json", json.dumps(RECORD)))
+        structured = [
+            GenerationRequest(t, None, guided if i % 2 else params) for i, t in enumerate(texts)
+        ]
+        sampled = [
+            GenerationRequest(t, None, SamplingParams(
+                max_tokens=tokens, temperature=0.8, seed=i, top_k=40, top_p=0.95, min_p=0.02,
+                repetition_penalty=1.1, presence_penalty=0.3, frequency_penalty=0.3,
+                logit_bias=((28, 1.0),),
+            ))
+            for i, t in enumerate(texts)
+        ]  # fmt: skip
+        loads = {"base": [base], "mixed": [mixed], "structured": [structured], "sampled": [sampled]}
         if engine.name == "hf":  # vLLM schedules continuously: "one at a time" is moot there
             loads["one_at_a_time"] = [[r for r in mixed if r.adapter == s] for s in loras]
         await _timed(engine, [mixed[: len(loras)]])  # load every adapter, outside the timings
@@ -106,6 +134,8 @@ async def engine_throughput(
         "adapters": len(loras),
         "tokens_per_s": median,
         "mixed_vs_base": median["mixed"] / median["base"],
+        "structured_vs_base": median["structured"] / median["base"],
+        "sampled_vs_base": median["sampled"] / median["base"],
     }
     if "one_at_a_time" in median:
         result["mixed_vs_one_at_a_time"] = median["mixed"] / median["one_at_a_time"]
@@ -287,6 +317,11 @@ def report(results: dict[str, Any]) -> None:
         if "mixed_vs_one_at_a_time" in r:
             line += f"; mixed / one at a time = {r['mixed_vs_one_at_a_time']:.2f} (target >= 3)"
         print(line)
+        print(
+            f"  on the base: half the rows JSON-guided {rates['structured']:.1f} tokens/s, "
+            f"{r['structured_vs_base']:.2f} of base (target >= 0.85); every row sampled with "
+            f"vLLM's settings {rates['sampled']:.1f}, {r['sampled_vs_base']:.2f} of base"
+        )
     if "mixture" in results:
         mix = results["mixture"]
         print(

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from switchboard_lora.registry.bases import BaseModelInfo
-from switchboard_lora.registry.errors import SwitchboardError
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.registry.store import Registry
 from switchboard_lora.router.router import Router, request_text
 from switchboard_lora.serving.decision_recorder import DecisionRecorder
 from switchboard_lora.serving.engines.interface import (
+    SEED_RANGE,
     AdapterSpec,
     Engine,
     Generation,
@@ -27,6 +28,17 @@ from switchboard_lora.serving.engines.interface import (
 from switchboard_lora.serving.experiment_arms import ExperimentArms
 from switchboard_lora.serving.mixture import WEIGHT_STEP, build_mixture, collect_mixes
 from switchboard_lora.serving.served import Served
+
+# What a request asks to continue: text, token ids, or chat messages.
+Prompt = str | tuple[int, ...] | list[dict[str, str]]
+
+
+def _sample(params: SamplingParams, index: int) -> SamplingParams:
+    """The settings of a request's sample `index`: its own seed, if the request has one."""
+    if params.seed is None or index == 0:
+        return params
+    low, high = SEED_RANGE
+    return replace(params, seed=low + (params.seed + index - low) % (high - low + 1))
 
 
 def unservable(
@@ -107,24 +119,69 @@ class Service:
     def admit(
         self,
         model: str,
-        request: str | list[dict[str, str]],
+        prompts: list[Prompt],
         mix: list[tuple[str, float]],
         headers: Mapping[str, str],
         params: SamplingParams,
-    ) -> tuple[Served, GenerationRequest]:
-        """What serves a request (a prompt, or chat messages rendered by the base's template),
-        and the generation to submit: the blocking part of a request, in one call."""
-        served = self.resolve(model, request, mix, headers)
-        prompt = request if isinstance(request, str) else self.engine.tokens.render_chat(request)
-        return served, self.prepare(prompt, served.version, params)
+        n: int = 1,
+    ) -> tuple[Served, list[GenerationRequest]]:
+        """What serves a request, and its generations: one per prompt and sample, prompt by
+        prompt (chat messages are rendered by the base's template; token ids are taken as
+        they are); a seeded request's samples are seeded seed, seed + 1, … as vLLM seeds
+        them. The blocking part of a request, in one call."""
+        if len(prompts) > 1 and model == "auto" and not mix:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                "model 'auto' routes one prompt at a time: send one prompt per request, or "
+                "name the model (base, an adapter) for a list of prompts",
+            )
+        tokens = self.engine.tokens
+        texts = [
+            p if isinstance(p, str) else tokens.decode(p) if isinstance(p, tuple) else p
+            for p in prompts
+        ]
+        served = self.resolve(model, texts[0], mix, headers)
+        requests = []
+        for prompt, text in zip(prompts, texts, strict=True):
+            rendered = text if isinstance(text, str) else tokens.render_chat(text)
+            ids = prompt if isinstance(prompt, tuple) else None
+            for sample in range(n):
+                requests.append(
+                    self.prepare(rendered, served.version, _sample(params, sample), ids)
+                )
+        return served, requests
 
     def prepare(
-        self, prompt: str, version: VersionInfo | None, params: SamplingParams
+        self,
+        prompt: str,
+        version: VersionInfo | None,
+        params: SamplingParams,
+        prompt_ids: tuple[int, ...] | None = None,
     ) -> GenerationRequest:
-        # Checked here, before batching: in the engine it would fail the whole batch.
-        prompt_tokens = len(self.engine.tokens.encode(prompt))
-        check_context(prompt_tokens, params.max_tokens, self.engine.max_model_len)
-        return GenerationRequest(prompt, self.adapter(version), params)
+        """A generation, checked here, before batching (in the engine a bad request would
+        fail the whole batch): its length, its token ids, what the engine declines, its guide
+        (compiled once, and kept for the engine)."""
+        tokens = self.engine.tokens
+        request = GenerationRequest(prompt, self.adapter(version), params, prompt_ids)
+        count = len(request.ids(tokens))
+        check_context(count, params.max_tokens, self.engine.max_model_len)
+        named = params.token_ids() | set(prompt_ids or ())
+        outside = sorted(t for t in named if t >= tokens.vocab_size)
+        if outside:
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                f"token id {outside[0]} is outside the vocabulary (0 to {tokens.vocab_size - 1})",
+            )
+        declined = self.engine.declines(params)
+        if declined is not None:
+            field_name, why = declined
+            raise SwitchboardError(
+                ErrorCode.INVALID_INPUT,
+                f"{field_name} is not supported by the {self.engine.name} engine: {why}",
+            )
+        if params.guide is not None:
+            tokens.grammars.compile(params.guide)
+        return request
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback | None = None

@@ -105,6 +105,34 @@ def test_a_gateway_in_front_of_another_switchboard_answers_as_it_does(chain: lis
     assert mixed.json()["switchboard"]["served"]["served_name"].startswith("mix-")
 
 
+def test_sampling_fields_logprobs_and_guides_pass_through_a_gateway(chain: list[str]) -> None:
+    """Issue 33: what the upstream serves, the gateway's clients get (tokens and logprobs)."""
+    gateway, upstream = chain
+    body = {
+        "model": "math",
+        "prompt": "Favourite colours:",
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": 2,
+        "repetition_penalty": 1.3,
+        "logit_bias": {"28": 3.0},
+        "min_tokens": 4,
+    }
+    for extra in ({}, {"guided_choice": ["red", "green"]}, {"n": 2, "temperature": 1, "seed": 5}):
+        direct, through = (
+            httpx.post(f"{url}/v1/completions", json=body | extra, timeout=300).json()
+            for url in (upstream, gateway)
+        )
+        assert [c["text"] for c in through["choices"]] == [c["text"] for c in direct["choices"]]
+        assert through["choices"][0]["logprobs"] == direct["choices"][0]["logprobs"]
+    choice = httpx.post(
+        f"{gateway}/v1/completions", json=body | {"guided_choice": ["red", "green"]}, timeout=300
+    ).json()
+    assert choice["choices"][0]["text"] in ("red", "green")
+    declined = httpx.post(f"{gateway}/v1/completions", json=body | {"echo": True}, timeout=300)
+    assert declined.status_code == 400 and "prompt_logprobs" in declined.text
+
+
 @pytest.fixture(scope="module")
 def fleet(fresh_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     world = fresh_world  # the fleet's tests publish into it

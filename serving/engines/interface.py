@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.records import VersionInfo
+from switchboard_lora.serving.engines.grammar import Guide
 from switchboard_lora.serving.engines.tokens import Tokens
 
 if TYPE_CHECKING:
@@ -47,23 +48,51 @@ class AdapterSpec:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    max_tokens: int = 64
+    """One request's sampling, as both engines take it (vLLM's fields and meanings)."""
+
+    max_tokens: int = 64  # 0: none made (a prompt's log probabilities only, `echo`)
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
-    ignore_eos: bool = False  # decode past end of sequence, to max_tokens (vLLM's field)
+    ignore_eos: bool = False  # decode past end of sequence, to max_tokens
+    top_k: int = 0  # 0 (or vLLM's -1): every token
+    min_p: float = 0.0  # drop tokens below min_p times the most likely one's probability
+    repetition_penalty: float = 1.0  # on tokens of the prompt and the answer (>1 discourages)
+    presence_penalty: float = 0.0  # OpenAI's: on tokens of the answer, once each
+    frequency_penalty: float = 0.0  # OpenAI's: on tokens of the answer, per occurrence
+    min_tokens: int = 0  # no end (end of sequence, stop_token_ids) before this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # more tokens that end the answer (not part of it)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # added to the logits before sampling
+    allowed_token_ids: tuple[int, ...] | None = None  # only these tokens may be chosen
+    prompt_logprobs: int | None = None  # the prompt's tokens' log probabilities (k more each)
+    guide: Guide | None = None
 
     def __post_init__(self) -> None:
         low, high = SEED_RANGE
+        biases = [bias for _, bias in self.logit_bias]
         problems = {
-            "max_tokens must be at least 1": self.max_tokens >= 1,
+            "max_tokens must be at least 0": self.max_tokens >= 0,
             "temperature must be between 0 and 2": 0.0 <= self.temperature <= 2.0,
             "top_p must be in (0, 1]": 0.0 < self.top_p <= 1.0,
             f"seed must be between {low} and {high}": self.seed is None or low <= self.seed <= high,
-            f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}": self.logprobs is None
-            or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
+            f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}": all(
+                k is None or 0 <= k <= MAX_TOP_LOGPROBS
+                for k in (self.logprobs, self.prompt_logprobs)
+            ),
+            "top_k must be -1, 0 (all tokens) or more": self.top_k >= -1,
+            "min_p must be between 0 and 1": 0.0 <= self.min_p <= 1.0,
+            "repetition_penalty must be in (0, 2]": 0.0 < self.repetition_penalty <= 2.0,
+            "presence_penalty and frequency_penalty must be between -2 and 2": all(
+                -2.0 <= x <= 2.0 for x in (self.presence_penalty, self.frequency_penalty)
+            ),
+            "min_tokens must be between 0 and max_tokens": self.min_tokens >= 0
+            and (self.min_tokens <= self.max_tokens),
+            "logit_bias values must be between -100 and 100": all(
+                -100.0 <= b <= 100.0 for b in biases
+            ),
+            "allowed_token_ids must not be empty": self.allowed_token_ids != (),
         }
         wrong = [message for message, ok in problems.items() if not ok]
         if wrong:
@@ -73,22 +102,34 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
 
+    def token_ids(self) -> set[int]:
+        """Every token id these settings name (checked against the vocabulary)."""
+        named = {*self.stop_token_ids, *(t for t, _ in self.logit_bias)}
+        return named | set(self.allowed_token_ids or ())
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     prompt: str  # already rendered (chat template applied by the caller)
     adapter: AdapterSpec | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: tuple[int, ...] | None = None  # the prompt's tokens; None: encode `prompt`
+
+    def ids(self, tokens: Tokens) -> list[int]:
+        """The prompt's token ids, as the engines are fed them."""
+        return list(self.prompt_ids) if self.prompt_ids is not None else tokens.encode(self.prompt)
 
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
-    """A generated token's log probability under the model (before sampling settings), and
-    the most likely alternatives at that step, most likely first."""
+    """A token's log probability under the model (before sampling settings), the most likely
+    alternatives at that step, most likely first, and its rank among all (1: the most likely;
+    given for a prompt's tokens, as vLLM's `prompt_logprobs` carry it)."""
 
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +139,9 @@ class Generation:
     prompt_tokens: int
     finish_reason: FinishReason
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when asked for
+    # The prompt's tokens and their log probabilities (the first has none), when asked for
+    prompt_ids: tuple[int, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 TokenCallback = Callable[[int], None]
@@ -135,6 +179,11 @@ class Engine(Protocol):
 
     def refuses(self, method: str, rank: int | None) -> str | None:
         """Why this engine cannot serve an adapter of this method and rank (None: it can)."""
+        ...
+
+    def declines(self, params: SamplingParams) -> tuple[str, str] | None:
+        """The field of these settings this engine does not serve, and why (None: it serves
+        them all)."""
         ...
 
     def collectors(self) -> list[Collector]:

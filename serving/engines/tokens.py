@@ -1,11 +1,17 @@
 """The base model's tokenizer, as both engines and the HTTP layer use it: chat rendering,
-prompt encoding (what the engines are fed, so both see the same ids) and decoding."""
+prompt encoding (what the engines are fed, so both see the same ids), decoding, and the
+grammars of structured output over its vocabulary."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from switchboard_lora.serving.engines.grammar import Grammars
 
 
 class Tokens:
@@ -15,6 +21,16 @@ class Tokens:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(base_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        config = json.loads((base_dir / "config.json").read_text())
+        # The logits' width: the model's embedding rows, which may exceed the tokenizer's.
+        self.vocab_size: int = int(config.get("vocab_size") or len(self.tokenizer))
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        from switchboard_lora.serving.engines.grammar import Grammars
+
+        stops = [] if self.eos_id is None else [self.eos_id]
+        return Grammars(self.tokenizer, self.vocab_size, stops)
 
     @property
     def eos_id(self) -> int | None:

@@ -46,7 +46,9 @@ from switchboard_lora.serving.engines.interface import (
     EngineChoice,
     Generation,
     GenerationRequest,
+    SamplingParams,
     TokenCallback,
+    TokenLogprob,
 )
 from switchboard_lora.serving.engines.tokens import Tokens
 
@@ -215,6 +217,11 @@ class UpstreamEngine:
     def collectors(self) -> list[Collector]:
         return [UpstreamCollector(self.pool)]
 
+    def declines(self, params: SamplingParams) -> tuple[str, str] | None:
+        if params.prompt_logprobs is not None:  # a vLLM upstream's engine dies on them
+            return "prompt_logprobs", "a vLLM upstream fails on them; serve with --engine hf"
+        return None
+
     def refuses(self, method: str, rank: int | None) -> str | None:
         # The upstreams' resolver refuses what they cannot serve; vLLM serves LoRA only.
         return None if method == "lora" else "vLLM upstreams serve LoRA adapters only"
@@ -260,26 +267,22 @@ class UpstreamEngine:
     ) -> Generation:
         assert self._client is not None
         p = request.params
+        prompt_ids = request.ids(self.tokens)
         body: dict[str, Any] = {
             "model": request.adapter.served_name if request.adapter else upstream.base_model,
-            "prompt": request.prompt,
-            "max_tokens": p.max_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "stop": list(p.stop),
-            "seed": p.seed,
+            "prompt": prompt_ids,  # exactly the tokens rendered here
             "return_token_ids": True,
+            **request_fields(p),
         }
-        if p.logprobs is not None:
-            body["logprobs"] = p.logprobs
-        if p.ignore_eos:
-            body["ignore_eos"] = True
         # Streamed only for a caller that takes tokens as they come: one answer is cheaper
         # for both sides than a stream of events.
         if on_token is not None:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
+        if p.logprobs is not None:
+            body["return_tokens_as_token_ids"] = True  # token texts are ambiguous; ids are not
         text: list[str] = []
         ids: list[int] = []
+        logprobs: list[dict[str, Any]] = []
         finish: Any = "length"
         prompt_tokens = 0
         with self.pool.using(upstream):
@@ -296,6 +299,8 @@ class UpstreamEngine:
                         new = choice.get("token_ids") or []
                         text.append(choice.get("text") or "")
                         ids.extend(new)
+                        if choice.get("logprobs"):
+                            logprobs.append(choice["logprobs"])
                         if on_token is not None:
                             for token in new:
                                 on_token(token)
@@ -309,7 +314,54 @@ class UpstreamEngine:
                 raise SwitchboardError(
                     ErrorCode.UNAVAILABLE, f"upstream {upstream.url} failed mid-answer: {exc}"
                 ) from exc
-        return Generation("".join(text), tuple(ids), prompt_tokens, finish)
+        steps = logprobs_of(logprobs, p.logprobs) if p.logprobs is not None else None
+        return Generation(
+            "".join(text), tuple(ids), prompt_tokens, finish, steps, tuple(prompt_ids)
+        )
+
+
+def request_fields(p: SamplingParams) -> dict[str, Any]:
+    """Sampling settings as the completions API's fields (vLLM's names, which a Switchboard
+    upstream takes too); settings at their neutral value are left out."""
+    fields: dict[str, Any] = {
+        "max_tokens": p.max_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "stop": list(p.stop),
+        "seed": p.seed,
+        "logprobs": p.logprobs,
+        "ignore_eos": p.ignore_eos or None,
+        "top_k": p.top_k if p.top_k > 0 else None,
+        "min_p": p.min_p or None,
+        "repetition_penalty": p.repetition_penalty if p.repetition_penalty != 1.0 else None,
+        "presence_penalty": p.presence_penalty or None,
+        "frequency_penalty": p.frequency_penalty or None,
+        "min_tokens": p.min_tokens or None,
+        "stop_token_ids": list(p.stop_token_ids) or None,
+        "logit_bias": {str(t): b for t, b in p.logit_bias} or None,
+        "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
+    }
+    if p.guide is not None:
+        spec = json.loads(p.guide.spec) if p.guide.kind in ("json", "choice") else p.guide.spec
+        fields["structured_outputs"] = {p.guide.kind: spec}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def logprobs_of(chunks: list[dict[str, Any]], k: int) -> tuple[TokenLogprob, ...]:
+    """The completions API's logprobs (the parallel lists of each chunk) as token ids' log
+    probabilities; the upstream names tokens as `token_id:N` (asked for)."""
+    steps = []
+    for chunk in chunks:
+        for token, logprob, top in zip(
+            chunk["tokens"], chunk["token_logprobs"], chunk["top_logprobs"], strict=True
+        ):
+            alternatives = tuple((_token_id(t), lp) for t, lp in (top or {}).items())[:k]
+            steps.append(TokenLogprob(_token_id(token), logprob, alternatives))
+    return tuple(steps)
+
+
+def _token_id(name: str) -> int:
+    return int(name.removeprefix("token_id:"))
 
 
 def _refusal(upstream: Upstream, answer: httpx.Response) -> Exception:

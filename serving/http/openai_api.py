@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.refs import AdapterRef
-from switchboard_lora.serving.engines.interface import Generation, SamplingParams
+from switchboard_lora.serving.engines.interface import Generation
 from switchboard_lora.serving.http.auth import check_mix
 from switchboard_lora.serving.http.deps import KeyDep, ServiceDep
 from switchboard_lora.serving.http.metrics import Metrics
@@ -33,7 +33,9 @@ from switchboard_lora.serving.http.schemas import (
     FeedbackRequest,
 )
 from switchboard_lora.serving.http.streaming import stream
-from switchboard_lora.serving.service import Service
+from switchboard_lora.serving.service import Prompt, Service
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", dependencies=KeyDep, tags=["openai"])
 
@@ -58,12 +60,13 @@ async def model(model_id: str, service: ServiceDep) -> dict[str, Any]:
 async def chat(body: ChatCompletionRequest, service: ServiceDep, request: Request) -> Response:
     messages = [m.model_dump() for m in body.messages]
     limit = body.token_limit or max(1, min(512, service.engine.max_model_len // 4))
-    return await _answer(request, service, body, messages, limit)
+    return await _answer(request, service, body, [messages], limit)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, service: ServiceDep, request: Request) -> Response:
-    return await _answer(request, service, body, body.prompt, body.token_limit)
+    prompts: list[Prompt] = list(body.prompts)
+    return await _answer(request, service, body, prompts, body.token_limit)
 
 
 @router.post("/feedback")
@@ -86,38 +89,33 @@ def _mix_of(body: Body, request: Request) -> list[tuple[str, float]]:
     return parts
 
 
-def _sampling(body: Body, max_tokens: int) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stops,
-        seed=body.seed,
-        logprobs=body.logprob_count,
-    )
-
-
 async def _answer(
     request: Request,
     service: Service,
     body: Body,
-    prompt: str | list[dict[str, str]],
+    prompts: list[Prompt],
     max_tokens: int,
 ) -> Response:
-    served, generation_request = await asyncio.to_thread(  # one trip off the event loop
+    served, generation_requests = await asyncio.to_thread(  # one trip off the event loop
         service.admit,
         body.model,
-        prompt,
+        prompts,
         _mix_of(body, request),
         request.headers,
-        _sampling(body, max_tokens),
+        body.sampling(max_tokens),
+        body.n,
     )
+    echo = isinstance(body, CompletionRequest) and bool(body.echo)
     reply = Reply(
         chat=isinstance(body, ChatCompletionRequest),
         model=body.model,
         served=served,
-        token_ids=body.return_token_ids,
+        token_ids=bool(body.return_token_ids),
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
+        n=body.n,
+        echoed=tuple(r.prompt for r in generation_requests[:: body.n]) if echo else (),
+        prompt_logprobs=body.prompt_logprobs is not None,
+        tokens_as_ids=bool(body.return_tokens_as_token_ids),
     )
     metrics: Metrics = request.app.state.metrics
     started = time.perf_counter()
@@ -130,19 +128,32 @@ async def _answer(
             await asyncio.to_thread(service.arms.expose, reply.ident, served, seconds, generation)
 
     headers = header_value(served)
-    if body.stream:
-        events = stream(service, generation_request, reply, observe)
+    if body.stream:  # one prompt, one sample (the schema refuses more)
+        events = stream(service, generation_requests[0], reply, observe)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    generation = await _unless_disconnected(request, service.generate(generation_request))
-    if generation is None:  # nobody is waiting for an answer
+    work = asyncio.gather(*(service.generate(r) for r in generation_requests))
+    generations = await _unless_disconnected(request, work)
+    if generations is None:  # nobody is waiting for an answer
         return Response(status_code=499)
-    await observe(generation)
-    return JSONResponse(completion_body(reply, generation, service.engine.tokens), headers=headers)
+    await observe(_whole(generations, body.n))
+    tokens = service.engine.tokens
+    return JSONResponse(completion_body(reply, generations, tokens), headers=headers)
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[Generation]) -> Generation | None:
-    """`work`'s result; or None, with `work` cancelled (its generation stopped), as soon as the
-    client disconnects. The body has been read: the next message is the disconnect."""
+def _whole(generations: list[Generation], n: int) -> Generation:
+    """One request's generations as one, for its metrics and exposure: each prompt's tokens
+    once, every choice's answer."""
+    if len(generations) == 1:
+        return generations[0]
+    first = generations[0]
+    prompt_tokens = sum(g.prompt_tokens for g in generations[::n])
+    made = tuple(t for g in generations for t in g.token_ids)
+    return Generation(first.text, made, prompt_tokens, first.finish_reason)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result; or None, with `work` cancelled (its generations stopped), as soon as
+    the client disconnects. The body has been read: the next message is the disconnect."""
 
     async def disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

@@ -15,20 +15,23 @@ Masks cover every cached column, so a row's position is the count of its real to
 cache, which the mask and so the positions count, as in PEFT's generation. Greedy tokens are
 `generate`'s own whatever a row is batched with.
 
-Everything stays on the model's device: sampling, the cache and its merges, the next tokens
-fed. What crosses to the host is the step's chosen token ids, once (ends and stop strings
-are decided on them); what crosses back is the index of the rows kept, when some ended.
+Everything stays on the model's device: sampling (`sampling.Sampler`, rebuilt when the rows
+change), the cache and its merges, the next tokens fed. What crosses to the host is the step's
+chosen token ids, once (ends and stop strings are decided on them); what crosses back is the
+index of the rows kept, when some ended. Rows that ask for their prompt's log probabilities
+are prefilled in groups of their own, over every column's logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from switchboard_lora.serving.engines.hf.sampling import Sampler, record_prompt_logprobs
 from switchboard_lora.serving.engines.interface import (
     Generation,
     GenerationRequest,
@@ -53,6 +56,15 @@ class Row:
     streamed: bool = False  # a token was handed out
     generator: torch.Generator | None = None  # a seeded row's, on the batch's device
     span: int = 0  # cached columns from the row's first real one to the end
+    grammar: Any = None  # a guided row's compiled grammar (xgrammar)
+    matcher: Any = field(init=False, default=None)  # where the row's answer is in it
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.grammar is not None:
+            import xgrammar
+
+            self.matcher = xgrammar.GrammarMatcher(self.grammar)
 
     @property
     def params(self) -> SamplingParams:
@@ -60,54 +72,24 @@ class Row:
 
     def again(self) -> Row:
         """The same request from its start (to run it again alone)."""
-        return Row(self.key, self.request, self.prompt_ids, self.lora_name, self.lora)
+        return Row(
+            self.key, self.request, self.prompt_ids, self.lora_name, self.lora, grammar=self.grammar
+        )
 
     def generation(self, text_of: Callable[[list[int]], str]) -> Generation:
         text, stopped = cut_at_stop(text_of(self.made), self.params.stop)
         finish: Any = "stop" if stopped or self.ended == "stop" else "length"
         logprobs = tuple(self.logprobs) if self.params.logprobs is not None else None
-        return Generation(text, tuple(self.made), len(self.prompt_ids), finish, logprobs)
-
-
-def choose(rows: Sequence[Row], logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-    """Each row's next token by its own settings (greedy, or temperature and top-p with its
-    own generator), recording the model's log probabilities where the row asked for them:
-    as ids, and as a tensor on the logits' device (what the next step feeds)."""
-    logits = logits.float()
-    chosen = logits.argmax(dim=-1)
-    for slot, row in enumerate(rows):
-        p = row.params
-        if p.greedy:
-            continue
-        probs = torch.softmax(logits[slot] / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            outside = ordered.cumsum(0) - ordered >= p.top_p  # past the nucleus
-            probs = probs.scatter(0, order, ordered.masked_fill(outside, 0.0))  # no sync
-        chosen[slot] = torch.multinomial(probs, 1, generator=row.generator)[0]
-    tokens: list[int] = chosen.tolist()  # the step's one crossing to the host
-    wanted = [slot for slot, row in enumerate(rows) if row.params.logprobs is not None]
-    if wanted:
-        picks = [tokens[s] for s in wanted]
-        _record_logprobs([rows[s] for s in wanted], logits[wanted], chosen[wanted], picks)
-    return tokens, chosen
-
-
-def _record_logprobs(
-    rows: list[Row], logits: torch.Tensor, chosen: torch.Tensor, tokens: list[int]
-) -> None:
-    """The chosen tokens' log probabilities and each row's top k, moved to the host at once
-    (the rows' tokens: `chosen` on the device, `tokens` the same on the host)."""
-    logp = torch.log_softmax(logits, dim=-1)
-    most = max(row.params.logprobs or 0 for row in rows)
-    top = logp.topk(most) if most else None
-    picked: list[float] = logp.gather(1, chosen.unsqueeze(1))[:, 0].tolist()
-    ids: list[list[int]] = top.indices.tolist() if top is not None else [[] for _ in rows]
-    values: list[list[float]] = top.values.tolist() if top is not None else [[] for _ in rows]
-    for i, row in enumerate(rows):
-        k = row.params.logprobs or 0
-        pairs = tuple(zip(ids[i][:k], values[i][:k], strict=True))
-        row.logprobs.append(TokenLogprob(tokens[i], picked[i], pairs))
+        prompt = tuple(self.prompt_logprobs) if self.prompt_logprobs is not None else None
+        return Generation(
+            text,
+            tuple(self.made),
+            len(self.prompt_ids),
+            finish,
+            logprobs,
+            tuple(self.prompt_ids),
+            prompt,
+        )
 
 
 # A prefill pads every row to its group's longest prompt, and padding costs as much as real
@@ -115,8 +97,27 @@ def _record_logprobs(
 MAX_PADDING = 0.2
 
 
+# A prefill that keeps every column's logits (prompt log probabilities) holds rows x columns x
+# vocabulary floats: its groups stay under this many columns in all.
+MAX_LOGIT_COLUMNS = 2048
+
+
 def prefill_groups(rows: list[Row]) -> list[list[Row]]:
-    """Rows in groups of similar prompt length, each to be prefilled as one batch."""
+    """Rows in groups of similar prompt length, each to be prefilled as one batch; rows that
+    want their prompt's log probabilities in groups of their own, of bounded size."""
+    scored = sorted(
+        (r for r in rows if r.params.prompt_logprobs is not None), key=lambda r: len(r.prompt_ids)
+    )
+    groups: list[list[Row]] = []
+    for row in scored:  # the longest so far sets the group's width
+        if groups and (len(groups[-1]) + 1) * len(row.prompt_ids) <= MAX_LOGIT_COLUMNS:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups + _similar_lengths([r for r in rows if r.params.prompt_logprobs is None])
+
+
+def _similar_lengths(rows: list[Row]) -> list[list[Row]]:
     groups: list[list[Row]] = []
     real = 0
     for row in sorted(rows, key=lambda r: len(r.prompt_ids)):
@@ -155,6 +156,7 @@ class DecodeBatch:
         self.on_token = on_token
         self.left = left
         self.rows: list[Row] = []
+        self.sampler: Sampler | None = None  # over `rows`, as they are now
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (rows, cached columns): 1 real, 0 padding
         self.next: torch.Tensor | None = None  # (rows, 1): each row's token to feed next
@@ -184,7 +186,8 @@ class DecodeBatch:
             row.span = virtual + width - (0 if virtual else pad)
             if not row.params.greedy and row.params.seed is not None:
                 row.generator = torch.Generator(self.device).manual_seed(row.params.seed)
-        tokens, chosen = self._forward(rows, ids, mask, positions, cache)
+        scored = any(r.params.prompt_logprobs is not None for r in rows)
+        tokens, chosen = self._forward(rows, ids, mask, positions, cache, pads if scored else None)
         ended, keep = self._take(rows, tokens)
         if keep:
             self._merge([rows[i] for i in keep], cache, mask, chosen, keep)
@@ -217,7 +220,10 @@ class DecodeBatch:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: Any,
+        scored_pads: list[int] | None = None,
     ) -> tuple[list[int], torch.Tensor]:
+        """One forward pass and its tokens; `scored_pads` (a prefill's left padding): keep
+        every column's logits, for the prompt log probabilities some rows asked for."""
         self.plan(rows)
         with torch.inference_mode():
             out = self.model(
@@ -226,9 +232,16 @@ class DecodeBatch:
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=0 if scored_pads is not None else 1,
             )
-        return choose(rows, out.logits[:, -1, :])
+            if scored_pads is not None:
+                record_prompt_logprobs(rows, out.logits, scored_pads)
+            sampler = self.sampler
+            if sampler is None or sampler.rows is not rows:
+                sampler = Sampler(rows, out.logits.shape[-1], self.device, self.eos)
+                if rows is self.rows:
+                    self.sampler = sampler
+            return sampler.choose(out.logits[:, -1, :])
 
     def _take(self, rows: list[Row], tokens: list[int]) -> tuple[list[Row], list[int]]:
         """Give each row its token; the rows that ended, and the slots of those that go on."""
@@ -245,8 +258,15 @@ class DecodeBatch:
 
     def _end(self, row: Row, token: int) -> str | None:
         """Take one token for a row; how the row ended with it, if it did."""
-        if token == self.eos and not row.params.ignore_eos:
+        p = row.params
+        if p.max_tokens == 0:  # its prompt's log probabilities were all it asked for
+            return "length"
+        if token in p.stop_token_ids or (
+            token == self.eos and (not p.ignore_eos or row.matcher is not None)
+        ):
             return "stop"
+        if row.matcher is not None and not row.matcher.accept_token(token):
+            raise RuntimeError(f"token {token} left the row's grammar")  # the mask forbids it
         row.made.append(token)
         row.streamed = True
         self.on_token(row.key, token)

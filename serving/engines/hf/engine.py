@@ -37,6 +37,7 @@ from switchboard_lora.serving.engines.interface import (
     EngineChoice,
     Generation,
     GenerationRequest,
+    SamplingParams,
     TokenCallback,
     check_context,
     served_context,
@@ -124,6 +125,9 @@ class HFEngine:
     def collectors(self) -> list[Collector]:
         return []  # its requests and tokens are the server's own metrics
 
+    def declines(self, params: SamplingParams) -> tuple[str, str] | None:
+        return None  # every setting, on every row
+
     def refuses(self, method: str, rank: int | None) -> str | None:
         return None if method in ("lora", "prefix") else f"unknown adapter method {method!r}"
 
@@ -207,10 +211,12 @@ class HFEngine:
         groups: dict[str, list[Row]] = {}
         for key, request in taken:
             try:
-                ids = self.tokens.encode(request.prompt)
+                ids = request.ids(self.tokens)
                 check_context(len(ids), request.params.max_tokens, self.max_model_len)
                 adapter = request.adapter
-                row = Row(key, request, ids)
+                guide = request.params.guide
+                grammar = None if guide is None else self.tokens.grammars.compile(guide)
+                row = Row(key, request, ids, grammar=grammar)
                 if adapter is not None and adapter.method == "prefix":
                     self._load_prefix(adapter)
                     groups.setdefault(adapter.served_name, []).append(row)
