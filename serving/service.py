@@ -144,7 +144,8 @@ class Service:
         requests = []
         for prompt, text in zip(prompts, texts, strict=True):
             rendered = text if isinstance(text, str) else tokens.render_chat(text)
-            ids = prompt if isinstance(prompt, tuple) else None
+            # Encoded once: every sample, and the engine, take these ids.
+            ids = prompt if isinstance(prompt, tuple) else tuple(tokens.encode(rendered))
             for sample in range(n):
                 requests.append(
                     self.prepare(rendered, served.version, _sample(params, sample), ids)
@@ -160,12 +161,13 @@ class Service:
     ) -> GenerationRequest:
         """A generation, checked here, before batching (in the engine a bad request would
         fail the whole batch): its length, its token ids, what the engine declines, its guide
-        (compiled once, and kept for the engine)."""
+        (compiled once, and kept for the engine). The prompt's ids go with it: the engine
+        does not encode it again."""
         tokens = self.engine.tokens
-        request = GenerationRequest(prompt, self.adapter(version), params, prompt_ids)
-        count = len(request.ids(tokens))
-        check_context(count, params.max_tokens, self.engine.max_model_len)
-        named = params.token_ids() | set(prompt_ids or ())
+        ids = prompt_ids if prompt_ids is not None else tuple(tokens.encode(prompt))
+        request = GenerationRequest(prompt, self.adapter(version), params, ids)
+        check_context(len(ids), params.max_tokens, self.engine.max_model_len)
+        named = params.token_ids() | set(ids)
         outside = sorted(t for t in named if t >= tokens.vocab_size)
         if outside:
             raise SwitchboardError(

@@ -90,6 +90,8 @@ def test_the_openai_client_on_lists_token_ids_samples_and_echo(client: openai.Op
     assert choice.logprobs is not None and choice.logprobs.token_logprobs is not None
     assert choice.logprobs.token_logprobs[0] is None
     assert all(lp is not None and lp < 0 for lp in choice.logprobs.token_logprobs[1:])
+    tops = choice.logprobs.top_logprobs or []
+    assert tops[0] is None and all(len(top) == 1 for top in tops[1:])  # as logprobs asked
     assert "".join(choice.logprobs.tokens or []) == "The sky is blue"
 
 

@@ -26,6 +26,7 @@ from switchboard_lora.serving.http.openai_format import (
     completion_body,
     header_value,
     model_list,
+    usage,
 )
 from switchboard_lora.serving.http.schemas import (
     ChatCompletionRequest,
@@ -114,7 +115,8 @@ async def _answer(
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
         n=body.n,
         echoed=tuple(r.prompt for r in generation_requests[:: body.n]) if echo else (),
-        prompt_logprobs=body.prompt_logprobs is not None,
+        top_logprobs=body.logprob_count or 0,
+        prompt_logprobs=body.prompt_logprobs,
         tokens_as_ids=bool(body.return_tokens_as_token_ids),
     )
     metrics: Metrics = request.app.state.metrics
@@ -146,8 +148,8 @@ def _whole(generations: list[Generation], n: int) -> Generation:
     if len(generations) == 1:
         return generations[0]
     first = generations[0]
-    prompt_tokens = sum(g.prompt_tokens for g in generations[::n])
     made = tuple(t for g in generations for t in g.token_ids)
+    prompt_tokens = usage(generations, n)["prompt_tokens"]
     return Generation(first.text, made, prompt_tokens, first.finish_reason)
 
 

@@ -31,7 +31,8 @@ class Reply:
     include_usage: bool = False  # a stream's final usage chunk (`stream_options`)
     n: int = 1  # samples per prompt: choice i answers prompt i // n
     echoed: tuple[str, ...] = ()  # with `echo`: each prompt's text, shown before its answer
-    prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field, in vLLM's shape
+    top_logprobs: int = 0  # alternatives per token asked for by `logprobs` (echoed ones too)
+    prompt_logprobs: int | None = None  # vLLM's `prompt_logprobs` field: alternatives per token
     tokens_as_ids: bool = False  # vLLM's `return_tokens_as_token_ids`: "token_id:N"
     created: int = field(default_factory=lambda: int(time.time()))
     unique: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -105,11 +106,9 @@ def usage(generations: list[Generation], n: int = 1) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-def logprobs_body(
-    reply: Reply, generation: Generation, tokens: Tokens, echoed: bool = False
-) -> dict[str, Any] | None:
+def logprobs_body(reply: Reply, generation: Generation, tokens: Tokens) -> dict[str, Any] | None:
     """OpenAI's `logprobs` of a choice: chat's list of tokens with their alternatives, or the
-    completions API's parallel lists; `echoed`, the prompt's tokens first (the first with no
+    completions API's parallel lists; echoed, the prompt's tokens first (the first with no
     log probability, nothing precedes it)."""
     if generation.logprobs is None:
         return None
@@ -125,12 +124,11 @@ def logprobs_body(
             ],
             "refusal": None,
         }
-    k = max((len(step.top) for step in generation.logprobs), default=0)
     steps: list[TokenLogprob | None] = list(generation.logprobs)
     ids = [step.token_id for step in generation.logprobs]
-    if echoed:
-        prompt = list(generation.prompt_logprobs or [None] * len(generation.prompt_ids))
-        steps = [None if s is None else replace(s, top=s.top[:k]) for s in prompt] + steps
+    if reply.echoed:  # the prompt's steps carry as many alternatives as either field asked
+        prompt = _trimmed(generation.prompt_logprobs, reply.top_logprobs)
+        steps = list(prompt or [None] * len(generation.prompt_ids)) + steps
         ids = list(generation.prompt_ids) + ids
     pieces = [text(t) for t in ids]
     offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
@@ -142,6 +140,15 @@ def logprobs_body(
     }
 
 
+def _trimmed(
+    steps: tuple[TokenLogprob | None, ...] | None, k: int
+) -> tuple[TokenLogprob | None, ...] | None:
+    """Prompt steps with at most k alternatives each."""
+    if steps is None:
+        return None
+    return tuple(None if s is None else replace(s, top=s.top[:k]) for s in steps)
+
+
 def _token_namer(reply: Reply, tokens: Tokens) -> Callable[[int], str]:
     if reply.tokens_as_ids:
         return lambda token_id: f"token_id:{token_id}"
@@ -149,14 +156,15 @@ def _token_namer(reply: Reply, tokens: Tokens) -> Callable[[int], str]:
 
 
 def prompt_logprobs_body(
-    generation: Generation, tokens: Tokens
+    reply: Reply, generation: Generation, tokens: Tokens
 ) -> list[dict[str, dict[str, Any]] | None] | None:
     """vLLM's `prompt_logprobs`: per prompt token (the first: None), the token's and the most
     likely alternatives', by token id, with rank and text."""
-    if generation.prompt_logprobs is None:
+    steps = _trimmed(generation.prompt_logprobs, reply.prompt_logprobs or 0)
+    if steps is None:
         return None
     body: list[dict[str, dict[str, Any]] | None] = []
-    for step in generation.prompt_logprobs:
+    for step in steps:
         if step is None:
             body.append(None)
             continue
@@ -186,17 +194,16 @@ def completion_body(reply: Reply, generations: list[Generation], tokens: Tokens)
         "usage": usage(generations, reply.n),
         "switchboard": reply.served.to_json(),
     }
-    if reply.chat and reply.prompt_logprobs:  # vLLM puts a chat's beside its choices
-        body["prompt_logprobs"] = prompt_logprobs_body(generations[0], tokens)
+    if reply.chat and reply.prompt_logprobs is not None:  # vLLM puts a chat's beside choices
+        body["prompt_logprobs"] = prompt_logprobs_body(reply, generations[0], tokens)
     return body
 
 
 def _choice(reply: Reply, index: int, generation: Generation, tokens: Tokens) -> dict[str, Any]:
-    echoed = bool(reply.echoed)
     choice: dict[str, Any] = {
         "index": index,
         "finish_reason": generation.finish_reason,
-        "logprobs": logprobs_body(reply, generation, tokens, echoed),
+        "logprobs": logprobs_body(reply, generation, tokens),
     }
     if reply.token_ids:
         choice["token_ids"] = list(generation.token_ids)
@@ -204,10 +211,10 @@ def _choice(reply: Reply, index: int, generation: Generation, tokens: Tokens) ->
     if reply.chat:
         choice["message"] = {"role": "assistant", "content": generation.text}
     else:
-        prefix = reply.echoed[index // reply.n] if echoed else ""
+        prefix = reply.echoed[index // reply.n] if reply.echoed else ""
         choice["text"] = prefix + generation.text
-        if reply.prompt_logprobs:
-            choice["prompt_logprobs"] = prompt_logprobs_body(generation, tokens)
+        if reply.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = prompt_logprobs_body(reply, generation, tokens)
     return choice
 
 
