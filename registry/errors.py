@@ -11,12 +11,15 @@ class ErrorCode(StrEnum):
     INVALID_NAME = "invalid_name"
     INVALID_REF = "invalid_ref"
     INVALID_ADAPTER = "invalid_adapter"
+    UNLOADABLE = "unloadable_adapter"  # a stored version no engine can load
     INVALID_MANIFEST = "invalid_manifest"
     INCOMPATIBLE_BASE = "incompatible_base"
     INTEGRITY = "integrity_failure"
     CONFLICT = "conflict"
     CAPACITY = "capacity"
     UNAVAILABLE = "unavailable"  # nothing can serve it now (a gateway's upstreams are down)
+    BAD_UPSTREAM = "bad_upstream"  # a gateway's upstream answered what is not an answer
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # a gateway's upstream went silent
     INVALID_INPUT = "invalid_input"
     INTERRUPTED = "interrupted"
     UNAUTHORIZED = "unauthorized"

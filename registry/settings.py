@@ -5,8 +5,9 @@ cannot reach an operator's shared registry."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from switchboard_lora.registry.bases import DEFAULT_BASE
 
@@ -44,6 +45,19 @@ class RegistrySettings(BaseModel):
         default=DEFAULT_BASE,
         description="default base model: a name in the base cache or a model directory",
     )
+
+    @field_validator("blob_options", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, options: Any) -> Any:
+        """JSON's true and 5 as the client's "true" and "5" (it takes text only)."""
+        if not isinstance(options, dict):
+            return options
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v))
+            if isinstance(v, bool | int | float)
+            else v
+            for k, v in options.items()
+        }
 
     @property
     def home_dir(self) -> Path:

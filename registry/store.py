@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from switchboard_lora.registry import queries
-from switchboard_lora.registry.adapter_dir import adapter_problems, inspect_adapter
+from switchboard_lora.registry.adapter_dir import (
+    ADAPTER_FILES,
+    adapter_problems,
+    inspect_adapter,
+)
 from switchboard_lora.registry.aliases import point_alias
 from switchboard_lora.registry.bases import BaseModelInfo
 from switchboard_lora.registry.blobs import BlobStore, StoredBlob, open_blob_store
@@ -72,6 +77,7 @@ class Registry:
         self.routes = RouteStore(self._engine, self._writer)
         self.decisions = DecisionLog(self._engine, self._writer, self.routes)
         self.experiments = ExperimentStore(self._engine, self._writer)
+        self._servable: set[tuple[str, str | None]] = set()  # (served name, base) checked
 
     def close(self) -> None:
         self._copies.release()  # its checkouts may be evicted by others now
@@ -91,6 +97,11 @@ class Registry:
         """Store the PEFT adapter directory `source` as the next version of `name`."""
         validate_name(name)
         shape = inspect_adapter(source, base)
+        if shape.left_out:
+            log.warning(
+                "%s: left out %s (not part of a PEFT adapter; only %s are stored)",
+                source, ", ".join(shape.left_out), " and ".join(ADAPTER_FILES),
+            )  # fmt: skip
         draft = draft or read_draft(source) or ManifestDraft()
         if name.startswith(MIX_PREFIX) and not draft.components:
             raise SwitchboardError(
@@ -339,10 +350,14 @@ class Registry:
 
     # ---- files: integrity, checkout, export ----------------------------------------------
 
-    def verify(self, ref: str | None = None) -> list[VerifyResult]:
+    def verify(
+        self, ref: str | None = None, bases: Sequence[BaseModelInfo] = ()
+    ) -> list[VerifyResult]:
         """Check one version, or every live one: re-hash its stored files, restore this
         machine's checkout of it if that was damaged, and check that the engines can load
-        it (versions published before a check existed are reported, not changed)."""
+        it, against its base when `bases` has it (versions published before a check existed
+        are reported, not changed)."""
+        by_fingerprint = {b.fingerprint: b for b in bases}
         if ref is not None:
             targets = [self.resolve(ref)]
         else:
@@ -366,12 +381,18 @@ class Registry:
                     problems.append(f"{path}: {checked[key]}")
             notes: list[str] = []
             if not problems:
-                problems, notes = self._check_loadable(info, files)
+                base = by_fingerprint.get(info.base_fingerprint)
+                problems, notes = self._check_loadable(info, files, base)
+                if base is None:
+                    notes.append(
+                        f"its base ({info.base_fingerprint[:19]}…) is not on this machine: "
+                        "shapes against it were not checked"
+                    )
             results.append(VerifyResult(info.ref, tuple(problems), tuple(notes)))
         return results
 
     def _check_loadable(
-        self, info: VersionInfo, files: dict[str, FileEntry]
+        self, info: VersionInfo, files: dict[str, FileEntry], base: BaseModelInfo | None
     ) -> tuple[list[str], list[str]]:
         """(problems, notes) of a version whose blobs are intact: its checkout here (if any)
         is verified, and restored from the blobs when damaged; the files are then checked."""
@@ -381,10 +402,10 @@ class Registry:
             if not self._copies.intact(info.served_name, files):
                 notes.append("its checkout here was damaged and is restored from the blobs")
             directory = self._copies.checkout(info, files, manifest)
-            return adapter_problems(directory), notes
+            return adapter_problems(directory, base), notes
         with tempfile.TemporaryDirectory(prefix="switchboard-verify-") as tmp:
             self._copies.materialise(info, files, manifest(), Path(tmp) / "files")
-            return adapter_problems(Path(tmp) / "files"), notes
+            return adapter_problems(Path(tmp) / "files", base), notes
 
     def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[StoredBlob]:
         """Remove blobs no version references (left by publishes killed before their commit).
@@ -406,12 +427,27 @@ class Registry:
             log.info("gc removed %d unreferenced files from %s", len(doomed), self.blobs.url)
         return doomed
 
-    def checkout(self, ref: str | AdapterRef) -> tuple[VersionInfo, Path]:
+    def checkout(
+        self, ref: str | AdapterRef, base: BaseModelInfo | None = None
+    ) -> tuple[VersionInfo, Path]:
         """A verified local directory of a version's files, for an engine to load; held
-        (never evicted from the local cache) until this registry is closed."""
+        (never evicted from the local cache) until this registry is closed. A version the
+        engines cannot load (published before a check existed) is refused, naming it; the
+        check runs once per version and process, against `base` when given."""
         info = self.resolve(ref)
         manifest = lambda: self._manifest(info).to_json()  # noqa: E731  # only when copying
-        return info, self._copies.checkout(info, self._files(info), manifest)
+        directory = self._copies.checkout(info, self._files(info), manifest)
+        key = (info.served_name, base.fingerprint if base else None)
+        if key not in self._servable:
+            problems = adapter_problems(directory, base)
+            if problems:
+                raise SwitchboardError(
+                    ErrorCode.UNLOADABLE,
+                    f"{info.ref} cannot be served: {problems[0]} (run `switchboard registry "
+                    "verify`; publish a fixed version)",
+                )
+            self._servable.add(key)
+        return info, directory
 
     def export(self, ref: str | AdapterRef, dest: Path) -> Manifest:
         """Write a version's PEFT files and its manifest to `dest` (new or empty; not a link:
@@ -436,13 +472,15 @@ class Registry:
         return manifest
 
     def _files(self, info: VersionInfo) -> dict[str, FileEntry]:
+        """The files a version is made of (versions published before publish left other
+        files out may have more stored; they are never checked out or exported)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(FileRow.path, FileRow.sha256, FileRow.size)
                 .join(VersionRow, VersionRow.id == FileRow.version_id)
                 .where(VersionRow.served_name == info.served_name)
             ).all()
-        return {p: FileEntry(sha256=s, size=n) for p, s, n in rows}
+        return {p: FileEntry(sha256=s, size=n) for p, s, n in rows if p in ADAPTER_FILES}
 
 
 def open_registry(settings: RegistrySettings) -> Registry:

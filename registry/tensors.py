@@ -4,16 +4,16 @@ The registry checks adapter shapes against a base and fingerprints base weights 
 importing torch, so it reads the safetensors header (an 8-byte little-endian length, then a
 JSON table of `name -> {dtype, shape, data_offsets}`) and hashes the raw tensor bytes.
 
-The header is not trusted: every tensor's dtype must be known, its byte range must lie in the
-file, match its shape times its dtype's size, and overlap no other tensor's. A file that
-passes loads in safetensors (and so in both engines); `nonfinite_tensors` then reads the
-values themselves.
+The header is not trusted, and is read as strictly as safetensors' own parser reads it (the
+engines load with that parser, so a file it refuses is a 500 at load time): every dtype is
+known, the tensors' byte ranges follow each other from the start of the data with no gap and
+cover it to the file's end, each matches its shape times its dtype's size, and `__metadata__`
+maps strings to strings. `tensor_magnitudes` then reads the values themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -35,9 +35,8 @@ DTYPE_SIZES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
-# Floating dtypes as unsigned integers, and the exponent bits that, all set, mean inf or NaN.
-_FLOAT_BITS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
-               "F64": ("<u8", 0x7FF0000000000000)}  # fmt: skip
+# The floating dtypes whose values can be read here (bfloat16 as the bits it is).
+_FLOATS = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +57,21 @@ def read_tensor_index(path: Path) -> dict[str, TensorInfo]:
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > _MAX_HEADER:
                 raise ValueError(f"header length {header_len} is implausible")
-            header = json.loads(f.read(header_len))
+            raw = f.read(header_len)
             size = os.fstat(f.fileno()).st_size
+        if len(raw) != header_len or not raw.startswith(b"{"):
+            raise ValueError("its header is not a JSON object")
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
+        _check_metadata(header.get("__metadata__", {}))
         base = 8 + header_len
-        index = {}
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            index[name] = _tensor(name, entry, base, size)
-        _no_overlap(index)
+        index = {
+            name: _tensor(name, entry, base, size)
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+        _contiguous(index, base, size)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SwitchboardError(
             ErrorCode.INVALID_ADAPTER, f"{path.name} is not a readable safetensors file: {exc}"
@@ -76,11 +79,28 @@ def read_tensor_index(path: Path) -> dict[str, TensorInfo]:
     return index
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("its header names a key twice")
+    return dict(pairs)
+
+
+def _check_metadata(metadata: Any) -> None:
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("__metadata__ must map strings to strings")
+
+
 def _tensor(name: str, entry: dict[str, Any], base: int, size: int) -> TensorInfo:
-    dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(entry, dict):
+        raise ValueError(f"tensor {name}: its entry is not a JSON object")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPE_SIZES:
         raise ValueError(f"tensor {name}: unknown dtype {dtype!r}")
-    if not all(isinstance(v, int) and v >= 0 for v in (*shape, start, end)):
+    if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise ValueError(f"tensor {name}: shape and data_offsets must be lists")
+    start, end = offsets
+    if not all(type(v) is int and v >= 0 for v in (*shape, start, end)):
         raise ValueError(f"tensor {name}: shape and offsets must be non-negative integers")
     if base + end > size or start > end:
         raise ValueError(f"tensor {name}: bytes {start}..{end} lie outside the file")
@@ -91,29 +111,37 @@ def _tensor(name: str, entry: dict[str, Any], base: int, size: int) -> TensorInf
     return TensorInfo(dtype, tuple(shape), base + start, base + end)
 
 
-def _no_overlap(index: dict[str, TensorInfo]) -> None:
-    spans = sorted((t.start, t.end, n) for n, t in index.items() if t.end > t.start)
-    for (_, end, name), (start, _, other) in itertools.pairwise(spans):
-        if start < end:
-            raise ValueError(f"tensors {name} and {other} overlap")
+def _contiguous(index: dict[str, TensorInfo], base: int, size: int) -> None:
+    """The tensors' bytes follow each other from the data's start to the file's end."""
+    at = base
+    for start, end, name in sorted((t.start, t.end, n) for n, t in index.items()):
+        if start != at:
+            raise ValueError(
+                f"tensor {name} starts at byte {start - base}, not {at - base}: a gap or an "
+                "overlap between tensors"
+            )
+        at = end
+    if at != size:
+        raise ValueError(f"{size - at} bytes after the last tensor: the file is not all tensors")
 
 
-def nonfinite_tensors(path: Path) -> list[str]:
-    """Names of the floating-point tensors of a safetensors file holding inf or NaN."""
+def tensor_magnitudes(path: Path) -> dict[str, float]:
+    """Each floating-point tensor's largest absolute value (inf or NaN when it holds one;
+    NaN wins). Other dtypes are left out: callers refuse them by dtype."""
     import numpy as np
 
-    bad = []
+    found = {}
     with path.open("rb") as f:
         for name, info in sorted(read_tensor_index(path).items()):
-            bits = _FLOAT_BITS.get(info.dtype)
-            if bits is None:
+            if info.dtype not in _FLOATS or info.end == info.start:
                 continue
-            layout, exponent = bits
             f.seek(info.start)
-            values = np.frombuffer(f.read(info.end - info.start), dtype=layout)
-            if np.any((values & exponent) == exponent):
-                bad.append(name)
-    return bad
+            raw = np.frombuffer(f.read(info.end - info.start), dtype=_FLOATS[info.dtype])
+            if info.dtype == "BF16":  # the top half of a float32
+                raw = (raw.astype(np.uint32) << 16).view(np.float32)
+            values = np.abs(raw.astype(np.float64))
+            found[name] = math.nan if np.isnan(values).any() else float(values.max())
+    return found
 
 
 def fingerprint_tensors(files: Iterable[Path]) -> str:

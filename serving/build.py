@@ -117,7 +117,7 @@ def build_engine(settings: EngineSettings, base_dir: Path) -> Engine:
 
 def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
     from switchboard_lora.serving.engines.tokens import Tokens
-    from switchboard_lora.serving.engines.upstream import UpstreamEngine, UpstreamPool
+    from switchboard_lora.serving.engines.upstream import Timeouts, UpstreamEngine, UpstreamPool
 
     pool = UpstreamPool(
         settings.upstreams,
@@ -130,6 +130,11 @@ def _gateway(settings: EngineSettings, base_dir: Path) -> Engine:
         pool,
         max_model_len=served_context(base_dir, settings.max_model_len),
         health_s=settings.upstream_health_s,
+        timeouts=Timeouts(
+            settings.upstream_connect_timeout_s,
+            settings.upstream_first_token_timeout_s,
+            settings.upstream_token_timeout_s,
+        ),
     )
     engine.choice = EngineChoice(
         "upstream", "upstreams", "theirs", f"gateway to {len(settings.upstreams)} upstream(s)"

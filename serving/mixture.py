@@ -94,7 +94,7 @@ def build_mixture(
             raise
     with tempfile.TemporaryDirectory(prefix="switchboard-mix-") as tmp:
         out = Path(tmp) / name
-        _write_concatenated(registry, components, out)
+        _write_concatenated(registry, components, base, out)
         draft = ManifestDraft(
             description="weighted mix: "
             + ", ".join(f"{v.ref} weight {w:g}" for v, w in components),
@@ -116,13 +116,16 @@ def _scale(config: dict[str, Any], module: str, source: str) -> tuple[int, float
 
 
 def _write_concatenated(
-    registry: Registry, components: list[tuple[VersionInfo, float]], out: Path
+    registry: Registry,
+    components: list[tuple[VersionInfo, float]],
+    base: BaseModelInfo,
+    out: Path,
 ) -> None:
     from safetensors.numpy import load_file, save_file
 
     loaded = []
     for version, weight in components:
-        _, directory = registry.checkout(version.ref)  # re-hashed: never mix damaged files
+        _, directory = registry.checkout(version.ref, base)  # re-hashed: never mix damaged files
         config = json.loads((directory / CONFIG_FILE).read_text())
         tensors = load_file(str(directory / WEIGHTS_FILE))
         loaded.append((version, weight, config, tensors))

@@ -109,7 +109,7 @@ class Service:
             ref = version.ref
             spec = AdapterSpec(
                 version.served_name,
-                lambda: self.registry.checkout(ref)[1],
+                lambda: self.registry.checkout(ref, self.base)[1],
                 "prefix" if version.method == "prefix" else "lora",
             )
             spec.checkout()

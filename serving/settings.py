@@ -78,6 +78,18 @@ class EngineSettings(BaseModel):
     upstream_health_s: float = Field(
         default=5.0, gt=0, description="gateway: seconds between upstream health checks"
     )
+    upstream_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="gateway: seconds to open a connection to an upstream"
+    )
+    upstream_first_token_timeout_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="gateway: seconds an upstream may take to its first token (one retry on "
+        "another upstream follows)",
+    )
+    upstream_token_timeout_s: float = Field(
+        default=20.0, gt=0, description="gateway: seconds an upstream may go silent mid-answer"
+    )
 
     @field_validator("max_lora_rank")
     @classmethod

@@ -53,3 +53,21 @@ def test_the_cli_refuses_a_bad_blob_url_in_one_line(tmp_path: Path) -> None:
         "error: blob URL 'ftp://x/y': use s3://BUCKET[/PREFIX] or file:///PATH "
         "(default: local files)"
     ]
+
+
+def test_json_scalars_in_blob_options_are_taken_as_the_clients_text(tmp_path: Path) -> None:
+    """Issue 34 item 21: `{"allow_http": true}` (a JSON boolean) was a 46-line traceback."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SWITCHBOARD_BLOB_URL": f"file://{tmp_path / 'blobs'}",
+        "SWITCHBOARD_BLOB_OPTIONS": '{"allow_http": true, "timeout": 30}',
+    }
+    result = subprocess.run(
+        [SWITCHBOARD, "--home", str(tmp_path), "registry", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

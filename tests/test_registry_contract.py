@@ -23,7 +23,7 @@ from switchboard_lora.registry import (
     SwitchboardError,
 )
 from switchboard_lora.registry.manifest import Component
-from switchboard_lora.registry.tensors import sha256_file
+from switchboard_lora.registry.tensors import read_tensor_index, sha256_file
 
 
 @contextmanager
@@ -452,9 +452,10 @@ def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_ch
     good = registry.publish(lora_dir, "legal", tiny_base)
     nan = _broken_copy(lora_dir, tmp_path / "nan", "nan")
     with monkeypatch.context() as old_switchboard:  # as published before the check
-        old_switchboard.setattr(adapter_dir, "nonfinite_tensors", lambda _: [])
+        unread = lambda path: dict.fromkeys(read_tensor_index(path), 0.0)  # noqa: E731
+        old_switchboard.setattr(adapter_dir, "tensor_magnitudes", unread)
         registry.publish(nan, "old", tiny_base)
-    results = {r.ref: r for r in registry.verify()}
+    results = {r.ref: r for r in registry.verify(bases=[tiny_base])}
     assert results["legal:1"].ok and not results["legal:1"].notes
     assert not results["old:1"].ok and "non-finite" in results["old:1"].problems[0]
 
@@ -462,7 +463,7 @@ def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_ch
     weights = path / "adapter_model.safetensors"
     original = weights.read_bytes()
     weights.write_bytes(original[:-4] + b"\x00\x00\x80\x7f")  # same size, lora_B overwritten
-    [result] = registry.verify("legal")
+    [result] = registry.verify("legal", [tiny_base])
     assert result.ok and "restored" in result.notes[0]
     assert weights.read_bytes() == original
     assert good.served_name == path.name

@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
-from switchboard_lora.serving.engines.upstream import UpstreamCollector, UpstreamPool, rendezvous
+from switchboard_lora.serving.engines.upstream import (
+    Timeouts,
+    UpstreamCollector,
+    UpstreamPool,
+    rendezvous,
+)
 from switchboard_lora.serving.http.metrics import Metrics
 
 URLS = [f"http://10.0.0.{i}:8000" for i in range(1, 5)]
@@ -141,10 +146,10 @@ def test_a_failed_first_check_and_every_change_of_health_is_logged_with_its_reas
 
     async def checks() -> list[str]:
         async with _answering(None) as down, _answering(listing) as up:
-            await pool.check(down, upstream)  # first check fails: said at once
-            await pool.check(down, upstream)  # still down: said once only
-            await pool.check(up, upstream)  # back
-            await pool.check(down, upstream)  # leaves again
+            await pool.check(down, upstream, Timeouts().check)  # first check fails: said at once
+            await pool.check(down, upstream, Timeouts().check)  # still down: said once only
+            await pool.check(up, upstream, Timeouts().check)  # back
+            await pool.check(down, upstream, Timeouts().check)  # leaves again
             return [*down.asked, *up.asked]  # type: ignore[attr-defined]
 
     with caplog.at_level(logging.INFO, logger="switchboard_lora.serving.engines.upstream"):

@@ -10,13 +10,21 @@ of other `switchboard serve`s (which take served names and `return_token_ids` al
   and spill to the name's next upstream past `max_in_flight`, so each adapter is loaded on as
   few replicas as the load needs. `round-robin` is there to compare with.
 - Health: each upstream's `/v1/models` is asked every `health_s`; one that fails a request or
-  a check leaves the rotation until a check passes again.
+  a check leaves the rotation until a check passes again (after a failed generation, the
+  check also asks it for one token: an upstream whose model list answers while its engine
+  hangs stays out). Every change is logged with its reason.
+- Never hanging (`Timeouts`): a connection must open within `connect_s`, the first token come
+  within `first_token_s`, each next one within `token_s`; past them the request fails
+  (a 504 naming the upstream and the timeout, or an error event in a stream).
 - A request whose upstream fails before its first token is retried once on another upstream;
   one that fails after is failed (the stream ends with an error event), never left hanging.
+- A malformed answer (`upstream_wire`) is a 502 naming the upstream, never a success.
 
 Tokens pass through exactly: the upstream is asked for `/v1/completions` on the prompt this
 gateway rendered, with `return_token_ids` (a vLLM extension) so each streamed chunk carries
-its token ids.
+its token ids. Answers are streamed from the upstream (silence is only seen in a stream),
+but for logprobs, which Switchboard upstreams do not stream: those may take `token_s` per
+token asked for.
 """
 
 from __future__ import annotations
@@ -25,12 +33,11 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import httpx
 from prometheus_client.core import (
@@ -48,9 +55,15 @@ from switchboard_lora.serving.engines.interface import (
     GenerationRequest,
     SamplingParams,
     TokenCallback,
-    TokenLogprob,
 )
 from switchboard_lora.serving.engines.tokens import Tokens
+from switchboard_lora.serving.engines.upstream_wire import (
+    BadAnswer,
+    events,
+    logprobs_of,
+    refusal,
+    request_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +96,7 @@ class Upstream:
     base_model: str | None = None  # what its /v1/models calls the base
     max_model_len: int | None = None
     requests: int = 0  # finished, failed or not
+    probe: bool = False  # failed a generation: a check must see one succeed
     errors: int = 0
     seconds: float = 0.0  # their total time
 
@@ -149,25 +163,36 @@ class UpstreamPool:
             upstream.requests += 1
             upstream.seconds += time.perf_counter() - start
 
-    def failed(self, upstream: Upstream, why: object) -> None:
-        """Out of the rotation, saying why: logged when it leaves, and at its first check (a
-        wrong URL or a server still starting shows at once, not as a silent 503)."""
-        reason = str(why) or type(why).__name__
+    def failed(self, upstream: Upstream, why: object, *, generating: bool = False) -> None:
+        """Out of the rotation, saying why: logged when it leaves, at its first check (a
+        wrong URL or a server still starting shows at once, not as a silent 503), and when
+        the reason changes."""
+        reason = describe(why)
         if upstream.healthy:
             log.warning("upstream %s leaves the rotation: %s", upstream.url, reason)
-        elif upstream.problem == NOT_CHECKED:
+        elif upstream.problem != reason:
             log.warning("upstream %s is not in the rotation: %s", upstream.url, reason)
         upstream.healthy = False
         upstream.problem = reason
+        upstream.probe = upstream.probe or generating
 
-    async def check(self, client: httpx.AsyncClient, upstream: Upstream) -> None:
-        """Ask an upstream's `/v1/models`: healthy if it answers, and what it calls its base."""
+    async def check(
+        self, client: httpx.AsyncClient, upstream: Upstream, timeout: httpx.Timeout
+    ) -> None:
+        """Ask an upstream's `/v1/models`: healthy if it answers, and what it calls its base;
+        after a failed generation, one token from its base too."""
         try:
-            answer = await client.get(f"{upstream.url}/v1/models", timeout=5)
+            answer = await client.get(f"{upstream.url}/v1/models", timeout=timeout)
             answer.raise_for_status()
             models = {m["id"]: m for m in answer.json()["data"] if not m.get("parent")}
             # vLLM lists its base first; a Switchboard upstream calls its own `base`.
             base = models.get("base") or next(iter(models.values()))
+            if upstream.probe:
+                one = {"model": base["id"], "prompt": [0], "max_tokens": 1}
+                probe = await client.post(
+                    f"{upstream.url}/v1/completions", json=one, timeout=timeout
+                )
+                probe.raise_for_status()
         except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration) as exc:
             self.failed(upstream, exc)
             return
@@ -175,16 +200,47 @@ class UpstreamPool:
             log.info("upstream %s is in the rotation", upstream.url)
         upstream.base_model = base["id"]
         upstream.max_model_len = base.get("max_model_len")
-        upstream.healthy, upstream.problem = True, None
+        upstream.healthy, upstream.problem, upstream.probe = True, None, False
 
-    async def watch(self, client: httpx.AsyncClient, every_s: float) -> None:
+    async def watch(
+        self, client: httpx.AsyncClient, every_s: float, timeout: httpx.Timeout
+    ) -> None:
         while True:
-            await asyncio.gather(*(self.check(client, u) for u in self.upstreams))
+            await asyncio.gather(*(self.check(client, u, timeout) for u in self.upstreams))
             await asyncio.sleep(every_s)
+
+
+def describe(why: object) -> str:
+    """A failure as a reason to log and answer with (httpx's timeouts have no text)."""
+    if isinstance(why, httpx.TimeoutException):
+        kind = {httpx.ConnectTimeout: "no connection", httpx.PoolTimeout: "no free connection"}
+        try:
+            what = f" to {why.request.method} {why.request.url.path}"
+        except RuntimeError:  # raised without its request
+            what = ""
+        return f"{kind.get(type(why), 'no answer')}{what} within its timeout ({type(why).__name__})"
+    return str(why) or type(why).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a gateway waits on an upstream before failing the request."""
+
+    connect_s: float = 5.0
+    first_token_s: float = 25.0  # x2 with the retry: a silent fleet fails within a minute
+    token_s: float = 20.0
+
+    @property
+    def check(self) -> httpx.Timeout:
+        return httpx.Timeout(self.first_token_s, connect=self.connect_s)
 
 
 class _BeforeFirstToken(Exception):
     """The upstream failed before it sent a token: the request may go to another."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UpstreamEngine:
@@ -198,11 +254,13 @@ class UpstreamEngine:
         *,
         max_model_len: int,
         health_s: float = 5.0,
+        timeouts: Timeouts = Timeouts(),
     ) -> None:
         self.tokens = tokens
         self.pool = pool
         self.max_model_len = max_model_len
         self.health_s = health_s
+        self.timeouts = timeouts
         self._client: httpx.AsyncClient | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -228,9 +286,14 @@ class UpstreamEngine:
 
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5), limits=limits)
-        await asyncio.gather(*(self.pool.check(self._client, u) for u in self.pool.upstreams))
-        self._watch = asyncio.create_task(self.pool.watch(self._client, self.health_s))
+        # Reads are bounded by the first-token and between-token deadlines, not by httpx.
+        timeout = httpx.Timeout(None, connect=self.timeouts.connect_s)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        check = self.timeouts.check
+        await asyncio.gather(
+            *(self.pool.check(self._client, u, check) for u in self.pool.upstreams)
+        )
+        self._watch = asyncio.create_task(self.pool.watch(self._client, self.health_s, check))
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -245,6 +308,7 @@ class UpstreamEngine:
     ) -> Generation:
         key = request.adapter.served_name if request.adapter is not None else ""
         tried: tuple[Upstream, ...] = ()
+        failures: tuple[str, ...] = ()
         while True:
             upstream = self.pool.choose(key, exclude=tried)
             if upstream is None:
@@ -255,12 +319,11 @@ class UpstreamEngine:
             try:
                 return await self._generate(upstream, request, on_token)
             except _BeforeFirstToken as exc:
-                self.pool.failed(upstream, exc)
-                if len(tried) == 2:
-                    raise SwitchboardError(
-                        ErrorCode.UNAVAILABLE, f"upstreams failed: {exc}"
-                    ) from exc
-                log.info("retrying on another upstream: %s", exc)
+                self.pool.failed(upstream, exc, generating=True)
+                failures = (*failures, f"{upstream.url}: {exc}")
+                if len(tried) == 2 or self.pool.choose(key, exclude=tried) is None:
+                    raise SwitchboardError(exc.code, "; ".join(failures)) from exc
+                log.info("retrying on another upstream: %s: %s", upstream.url, exc)
 
     async def _generate(
         self, upstream: Upstream, request: GenerationRequest, on_token: TokenCallback | None
@@ -274,128 +337,67 @@ class UpstreamEngine:
             "return_token_ids": True,
             **request_fields(p),
         }
-        # Streamed only for a caller that takes tokens as they come: one answer is cheaper
-        # for both sides than a stream of events.
-        if on_token is not None:
+        t = self.timeouts
+        first_s = t.first_token_s
+        if p.logprobs is None:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
-        if p.logprobs is not None:
+        else:  # one answer: it may take every token's time
             body["return_tokens_as_token_ids"] = True  # token texts are ambiguous; ids are not
+            first_s += t.token_s * p.max_tokens
         text: list[str] = []
         ids: list[int] = []
-        logprobs: list[dict[str, Any]] = []
+        logprobs: list[Any] = []
         finish: Any = "length"
         prompt_tokens = 0
+        loop = asyncio.get_running_loop()
         with self.pool.using(upstream):
             try:
-                async with self._client.stream(
-                    "POST", f"{upstream.url}/v1/completions", json=body
-                ) as answer:
+                async with (
+                    asyncio.timeout(first_s) as deadline,
+                    self._client.stream(
+                        "POST", f"{upstream.url}/v1/completions", json=body
+                    ) as answer,
+                ):
                     if answer.status_code != 200:
                         await answer.aread()
-                        raise _refusal(upstream, answer)
-                    events = _events(answer) if on_token is not None else _whole(answer)
-                    async for event in events:
-                        choice = (event.get("choices") or [{}])[0]
-                        new = choice.get("token_ids") or []
-                        text.append(choice.get("text") or "")
+                        raise refusal(upstream.url, answer)
+                    async for event in events(answer, self.tokens.vocab_size):
+                        choice = event.choice
+                        new = choice.token_ids or []
+                        text.append(choice.text or "")
                         ids.extend(new)
-                        if choice.get("logprobs"):
-                            logprobs.append(choice["logprobs"])
+                        if choice.logprobs is not None:
+                            logprobs.append(choice.logprobs)
                         if on_token is not None:
                             for token in new:
                                 on_token(token)
-                        finish = choice.get("finish_reason") or finish
-                        if event.get("usage"):
-                            prompt_tokens = event["usage"]["prompt_tokens"]
+                        finish = choice.finish_reason or finish
+                        if event.usage is not None:
+                            prompt_tokens = event.usage.prompt_tokens
+                        deadline.reschedule(loop.time() + t.token_s)
+                steps = logprobs_of(logprobs, p.logprobs) if p.logprobs is not None else None
+            except TimeoutError as exc:
+                silence = f"{first_s:g} s for a first token" if not ids else f"{t.token_s:g} s"
+                self._fail(
+                    upstream, ids, ErrorCode.UPSTREAM_TIMEOUT, f"sent nothing in {silence}", exc
+                )
             except httpx.TransportError as exc:
-                if not ids:
-                    raise _BeforeFirstToken(f"{upstream.url}: {exc}") from exc
-                self.pool.failed(upstream, exc)
-                raise SwitchboardError(
-                    ErrorCode.UNAVAILABLE, f"upstream {upstream.url} failed mid-answer: {exc}"
-                ) from exc
-        steps = logprobs_of(logprobs, p.logprobs) if p.logprobs is not None else None
+                self._fail(upstream, ids, ErrorCode.UNAVAILABLE, describe(exc), exc)
+            except BadAnswer as exc:
+                self._fail(upstream, ids, ErrorCode.BAD_UPSTREAM, str(exc), exc)
         return Generation(
             "".join(text), tuple(ids), prompt_tokens, finish, steps, tuple(prompt_ids)
         )
 
-
-def request_fields(p: SamplingParams) -> dict[str, Any]:
-    """Sampling settings as the completions API's fields (vLLM's names, which a Switchboard
-    upstream takes too); settings at their neutral value are left out."""
-    fields: dict[str, Any] = {
-        "max_tokens": p.max_tokens,
-        "temperature": p.temperature,
-        "top_p": p.top_p,
-        "stop": list(p.stop),
-        "seed": p.seed,
-        "logprobs": p.logprobs,
-        "ignore_eos": p.ignore_eos or None,
-        "top_k": p.top_k if p.top_k > 0 else None,
-        "min_p": p.min_p or None,
-        "repetition_penalty": p.repetition_penalty if p.repetition_penalty != 1.0 else None,
-        "presence_penalty": p.presence_penalty or None,
-        "frequency_penalty": p.frequency_penalty or None,
-        "min_tokens": p.min_tokens or None,
-        "stop_token_ids": list(p.stop_token_ids) or None,
-        "logit_bias": {str(t): b for t, b in p.logit_bias} or None,
-        "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
-    }
-    if p.guide is not None:
-        spec = json.loads(p.guide.spec) if p.guide.kind in ("json", "choice") else p.guide.spec
-        fields["structured_outputs"] = {p.guide.kind: spec}
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def logprobs_of(chunks: list[dict[str, Any]], k: int) -> tuple[TokenLogprob, ...]:
-    """The completions API's logprobs (the parallel lists of each chunk) as token ids' log
-    probabilities; the upstream names tokens as `token_id:N` (asked for)."""
-    steps = []
-    for chunk in chunks:
-        for token, logprob, top in zip(
-            chunk["tokens"], chunk["token_logprobs"], chunk["top_logprobs"], strict=True
-        ):
-            alternatives = tuple((_token_id(t), lp) for t, lp in (top or {}).items())[:k]
-            steps.append(TokenLogprob(_token_id(token), logprob, alternatives))
-    return tuple(steps)
-
-
-def _token_id(name: str) -> int:
-    return int(name.removeprefix("token_id:"))
-
-
-def _refusal(upstream: Upstream, answer: httpx.Response) -> Exception:
-    """An upstream's non-200 answer: its own 4xx passed on; a 5xx may go to another."""
-    try:
-        message = answer.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = answer.text[:500]
-    if answer.status_code >= 500:
-        return _BeforeFirstToken(f"{upstream.url}: {answer.status_code} {message}")
-    code = ErrorCode.NOT_FOUND if answer.status_code == 404 else ErrorCode.INVALID_INPUT
-    return SwitchboardError(code, f"upstream: {message}")
-
-
-async def _whole(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """A plain answer, as the one event it amounts to."""
-    try:
-        yield json.loads(await answer.aread())
-    except ValueError as exc:
-        raise SwitchboardError(ErrorCode.UNAVAILABLE, f"upstream: not JSON: {exc}") from exc
-
-
-async def _events(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of a server-sent event stream, up to `[DONE]`."""
-    async for line in answer.aiter_lines():
-        if not line.startswith("data: "):
-            continue
-        data = line[6:]
-        if data == "[DONE]":
-            return
-        event: dict[str, Any] = json.loads(data)
-        if "error" in event:
-            raise SwitchboardError(ErrorCode.UNAVAILABLE, f"upstream: {event['error']}")
-        yield event
+    def _fail(
+        self, upstream: Upstream, ids: list[int], code: ErrorCode, why: str, exc: Exception
+    ) -> NoReturn:
+        """Before a token: another upstream may take the request. After: the request fails,
+        and the upstream leaves the rotation until a generation succeeds there again."""
+        if not ids:
+            raise _BeforeFirstToken(code, why) from exc
+        self.pool.failed(upstream, why, generating=True)
+        raise SwitchboardError(code, f"upstream {upstream.url} failed mid-answer: {why}") from exc
 
 
 class UpstreamCollector(Collector):

@@ -29,6 +29,7 @@ from vllm.lora.resolver import LoRAResolver
 
 from switchboard_lora.registry import (
     AdapterRef,
+    BaseModelInfo,
     BaseModels,
     Registry,
     RegistrySettings,
@@ -47,7 +48,7 @@ class SwitchboardResolver(LoRAResolver):
         self._settings = settings  # called on first use: loading the plugin opens nothing
         self._registry: Registry | None = None
         self._bases: BaseModels | None = None
-        self._fingerprints: dict[str, str] = {}
+        self._served_bases: dict[str, BaseModelInfo] = {}
         self._lock = threading.Lock()
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
@@ -68,11 +69,11 @@ class SwitchboardResolver(LoRAResolver):
                 registry = self._open()
                 info = registry.resolve(ref)  # unknown or deleted: its reason, logged below
                 refusal = None if info.method == "lora" else "vLLM serves LoRA only"
-                fingerprint = self._fingerprint(base_model_name)
-                problem = unservable_by(info, fingerprint, base_model_name, "served", refusal)
+                base = self._base(base_model_name)
+                problem = unservable_by(info, base.fingerprint, base_model_name, "served", refusal)
                 if problem is not None:
                     raise problem
-                return registry.checkout(ref)[1]
+                return registry.checkout(ref, base)[1]
         except SwitchboardError as exc:
             log.warning("switchboard: cannot serve %s: %s", served_name, exc)
         except Exception:
@@ -86,9 +87,9 @@ class SwitchboardResolver(LoRAResolver):
             self._bases = BaseModels(settings.bases_dir)
         return self._registry
 
-    def _fingerprint(self, base_model_name: str) -> str:
-        """The served base's weights fingerprint (a model directory, or a cached base's name)."""
-        if base_model_name not in self._fingerprints:
+    def _base(self, base_model_name: str) -> BaseModelInfo:
+        """The served base (a model directory, or a cached base's name)."""
+        if base_model_name not in self._served_bases:
             assert self._bases is not None
-            self._fingerprints[base_model_name] = self._bases.get(base_model_name).fingerprint
-        return self._fingerprints[base_model_name]
+            self._served_bases[base_model_name] = self._bases.get(base_model_name)
+        return self._served_bases[base_model_name]

@@ -22,11 +22,14 @@ STATUS = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.INTEGRITY: 422,
+    ErrorCode.UNLOADABLE: 422,
     ErrorCode.CAPACITY: 429,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.SCHEMA: 503,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.BAD_UPSTREAM: 502,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
 }
 _TYPES = {
     400: "invalid_request_error",
@@ -35,7 +38,9 @@ _TYPES = {
     404: "not_found_error",
     409: "conflict_error",
     429: "rate_limit_error",
+    502: "server_error",
     503: "server_error",
+    504: "server_error",
 }
 
 

@@ -24,41 +24,53 @@ async def stream(
     queue: asyncio.Queue[int] = asyncio.Queue()
     task = asyncio.ensure_future(service.generate(generation_request, queue.put_nowait))
     try:
-        tokens: list[int] = []
-        sent = ""
-        given = 0  # how many of the tokens' ids chunks have carried
         yield stream_chunk(reply, None, None, first=True)
-        stops = generation_request.params.stop
-        while not (task.done() and queue.empty()):
-            try:
-                tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
-            except TimeoutError:
-                continue
-            text = service.engine.tokens.decode(tokens)
-            if text.endswith("\ufffd"):
-                continue  # half of a multi-byte character: wait for the rest
-            if any(s in text for s in stops):
-                continue  # the final text (cut at the stop) is sent below
-            if stops:  # hold back what may be the start of a stop string
-                hold = max((len(s) - 1 for s in stops), default=0)
-                text = text[: max(len(sent), len(text) - hold)]
-            if len(text) > len(sent):
-                yield stream_chunk(reply, text[len(sent) :], None, token_ids=tokens[given:])
-                sent, given = text, len(tokens)
-        try:
-            generation = await task
-        except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI's
-            yield f"data: {json.dumps(error_event(exc))}\n\n"
-            return
-        rest = list(generation.token_ids[given:])
-        if len(generation.text) > len(sent) and generation.text.startswith(sent):
-            yield stream_chunk(reply, generation.text[len(sent) :], None, token_ids=rest)
-            rest = []
-        await observe(generation)
-        yield stream_chunk(reply, None, generation.finish_reason, token_ids=rest)
-        if reply.include_usage:
-            yield usage_chunk(reply, generation)
-        yield "data: [DONE]\n\n"
+        async for chunk in _chunks(service, generation_request, reply, task, queue, observe):
+            yield chunk
+    except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI's
+        yield f"data: {json.dumps(error_event(exc))}\n\n"
+        return
     finally:  # done, or the client left (the server closed this generator): stop its work
         if not task.done():
             task.cancel()
+
+
+async def _chunks(
+    service: Service,
+    generation_request: GenerationRequest,
+    reply: Reply,
+    task: asyncio.Future[Generation],
+    queue: asyncio.Queue[int],
+    observe: Observe,
+) -> AsyncIterator[str]:
+    """The stream after its first chunk: text as it is decoded, then its end."""
+    tokens: list[int] = []
+    sent = ""
+    given = 0  # how many of the tokens' ids chunks have carried
+    stops = generation_request.params.stop
+    while not (task.done() and queue.empty()):
+        try:
+            tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
+        except TimeoutError:
+            continue
+        text = service.engine.tokens.decode(tokens)
+        if text.endswith("\ufffd"):
+            continue  # half of a multi-byte character: wait for the rest
+        if any(s in text for s in stops):
+            continue  # the final text (cut at the stop) is sent below
+        if stops:  # hold back what may be the start of a stop string
+            hold = max((len(s) - 1 for s in stops), default=0)
+            text = text[: max(len(sent), len(text) - hold)]
+        if len(text) > len(sent):
+            yield stream_chunk(reply, text[len(sent) :], None, token_ids=tokens[given:])
+            sent, given = text, len(tokens)
+    generation = await task
+    rest = list(generation.token_ids[given:])
+    if len(generation.text) > len(sent) and generation.text.startswith(sent):
+        yield stream_chunk(reply, generation.text[len(sent) :], None, token_ids=rest)
+        rest = []
+    await observe(generation)
+    yield stream_chunk(reply, None, generation.finish_reason, token_ids=rest)
+    if reply.include_usage:
+        yield usage_chunk(reply, generation)
+    yield "data: [DONE]\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,10 +12,12 @@ from switchboard_lora.cli.kit import (
     JsonFlag,
     emit,
     open_base,
+    open_bases,
     open_registry,
     print_table,
     settings_of,
 )
+from switchboard_lora.registry.errors import SwitchboardError
 
 if TYPE_CHECKING:
     from switchboard_lora.registry.records import VersionInfo
@@ -158,7 +161,11 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-hash stored files, restore damaged checkouts, check versions load; exit 1 on a problem."""
-    results = open_registry(ctx).verify(ref)
+    bases = open_bases(ctx)
+    known = bases.list()
+    with contextlib.suppress(SwitchboardError):  # the configured base too, if it is a path
+        known.append(bases.get(settings_of(ctx).base))
+    results = open_registry(ctx).verify(ref, known)
     bad = [r for r in results if not r.ok]
     if as_json:
         emit(
