@@ -1,6 +1,6 @@
 """Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
 
-    python -m bench.router [--part all|cross|intents|loop|scale|latency|encoders] [--sdist FILE]
+    python -m bench.router [--part all|cross|intents|loop|scale|volume|latency|encoders]
                            [--encoder NAME|DIR] [--encoder-device cpu|cuda] [--out DIR] [--json]
 
 - cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
@@ -46,7 +46,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench._common import HomeOption, pulled_encoder
+from bench._common import HomeOption, default_base, pulled_encoder
 from bench.router_scale import scale
 from bench.router_sets import (
     HELD_OUT,
@@ -57,6 +57,7 @@ from bench.router_sets import (
     jsonl,
     request_from,
 )
+from bench.router_volume import print_volume, volume
 from switchboard_lora.demo_data import BIGBENCH
 from switchboard_lora.pypi import download
 from switchboard_lora.registry import Registry, RegistrySettings
@@ -471,6 +472,8 @@ def _print(results: dict[str, Any]) -> None:
             points = " ".join(f"{c['accuracy']:.3f} ({c['labels_per_route']:4.1f})" for c in curve)
             print(f"{name:10} {points}")
         print("(accuracy on the whole stream; in brackets, labels spent per route)")
+    if "volume" in results:
+        print_volume(results["volume"])
     if "scale" in results:
         found = results["scale"]
         print(
@@ -537,7 +540,7 @@ def _print(results: dict[str, Any]) -> None:
 
 def main(
     part: Annotated[
-        str, typer.Option(help="all, cross, intents, loop, scale, latency or encoders")
+        str, typer.Option(help="all, cross, intents, loop, scale, volume, latency or encoders")
     ] = "all",
     sdist: Annotated[Path | None, typer.Option(help="The bigbench sdist, if at hand.")] = None,
     out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
@@ -553,6 +556,9 @@ def main(
         ),
     ] = DEFAULT_ENCODER,
     encoder_device: Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda.")] = "cpu",
+    examples: Annotated[
+        int, typer.Option(help="Route examples added at once in scale's volume run.")
+    ] = 100_000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
@@ -572,6 +578,8 @@ def main(
             results["scale"] = scale(Encoder(path, encoder_device), tasks, out)
         if part in ("all", "encoders"):
             results["encoders"] = compare_encoders(tasks, out, home)
+    if part in ("all", "scale", "volume"):  # no BIG-bench: `--part volume` runs it alone
+        results["volume"] = volume(Encoder(path, encoder_device), default_base(home), examples)
     if part in ("all", "latency"):
         if not (out / "routes.jsonl").exists():
             sys.exit("latency needs the routes file: run --part cross first")

@@ -165,7 +165,7 @@ def _sweep(
 def _fit(router: Router) -> tuple[float, int]:
     """Build the router's index now: seconds, and the solver's iterations."""
     start = time.perf_counter()
-    index = router.index()
+    index = router.refresh()
     return time.perf_counter() - start, getattr(index.scorer, "iterations", 0)
 
 

@@ -13,13 +13,17 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRITE = "switchboard_write"
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# What SQLite says of a file that is not (or no longer) a database it can read.
+_DAMAGED = ("file is not a database", "malformed", "file is encrypted")
 
 
 def open_engine(url: str) -> Engine:
@@ -40,6 +44,30 @@ def open_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
+
+
+def unusable(url: str, exc: DBAPIError) -> SwitchboardError:
+    """The database's failure as one line: which database, what is wrong, what to do."""
+    parsed = make_url(url)
+    reason = " ".join(str(exc.orig or exc).split())
+    if parsed.get_backend_name() == "sqlite":
+        where = parsed.database or ":memory:"
+        if any(marker in reason.lower() for marker in _DAMAGED):
+            return SwitchboardError(
+                ErrorCode.DATABASE,
+                f"the registry database {where} is damaged ({reason}): restore it from a "
+                "backup (moving it aside starts an empty registry, whose `gc` would then "
+                "remove every stored file)",
+            )
+        return SwitchboardError(
+            ErrorCode.DATABASE, f"cannot use the registry database {where}: {reason}"
+        )
+    where = parsed.render_as_string(hide_password=True)
+    return SwitchboardError(
+        ErrorCode.DATABASE,
+        f"cannot use the registry database {where}: {reason[:300]} (is the server up, and "
+        "SWITCHBOARD_DATABASE_URL right?)",
+    )
 
 
 def writer(engine: Engine) -> Engine:

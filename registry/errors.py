@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     SCHEMA = "schema_out_of_date"
+    DATABASE = "database_unusable"  # the registry database is damaged or cannot be reached
 
 
 class SwitchboardError(Exception):

@@ -230,6 +230,8 @@ class VersionFiles:
             try:
                 self.blobs.fetch(entry.sha256, entry.size, dest / path)
             except SwitchboardError as exc:
+                if exc.code == ErrorCode.UNAVAILABLE:  # the store, not the version: a 503
+                    raise
                 raise SwitchboardError(
                     ErrorCode.INTEGRITY,
                     f"{info.ref} cannot be used: {path}: {exc.message}; "

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
-from switchboard_lora.registry.db import retry_conflicts, writer
+from switchboard_lora.registry.db import retry_conflicts, unusable, writer
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.schema import Base
 
@@ -118,10 +118,8 @@ def ensure_schema(engine: Engine) -> None:
     answers with "locked" at once rather than waiting: such a loss is retried."""
     try:
         state = retry_conflicts(lambda: _ensure(engine), f"opening {engine.url!r}")
-    except (OperationalError, ProgrammingError) as exc:
-        raise SwitchboardError(
-            ErrorCode.INVALID_INPUT, f"cannot open registry database {engine.url!r}: {exc}"
-        ) from exc
+    except DBAPIError as exc:
+        raise unusable(engine.url.render_as_string(hide_password=False), exc) from None
     if not state.up_to_date:
         raise _refusal(state)
 

@@ -180,6 +180,7 @@ class ExposureRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client: Mapped[str | None] = mapped_column(String(64))  # the key's fingerprint; None: open
 
 
 class FeedbackRow(Base):

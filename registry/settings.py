@@ -34,6 +34,12 @@ class RegistrySettings(BaseModel):
         description='object-store client settings (JSON), e.g. {"aws_endpoint": '
         '"http://127.0.0.1:9000", "allow_http": "true"}',
     )
+    blob_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an object store silent this long is retried, then unavailable (a 503 "
+        "naming it): a call fails within about twice this",
+    )
     cache_max_bytes: int | None = Field(
         None,
         ge=0,

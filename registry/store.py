@@ -69,6 +69,7 @@ class Registry:
         cache_max_bytes: int | None = None,
     ) -> None:
         self.home = home
+        self.database_url = database_url
         self.blobs = blobs if blobs is not None else open_blob_store(None, home)
         self._copies = VersionFiles(self.blobs, home / "checkouts", cache_max_bytes)
         self._engine: Engine = open_engine(database_url)
@@ -485,7 +486,9 @@ class Registry:
 
 def open_registry(settings: RegistrySettings) -> Registry:
     """The registry the settings describe: its database and its blob store."""
-    blobs = open_blob_store(settings.blob_url, settings.home_dir, settings.blob_options)
+    blobs = open_blob_store(
+        settings.blob_url, settings.home_dir, settings.blob_options, settings.blob_timeout_s
+    )
     return Registry(
         settings.registry_url, settings.home_dir, blobs, cache_max_bytes=settings.cache_max_bytes
     )

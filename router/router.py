@@ -3,6 +3,12 @@
 Routes come from a source: the registry (live: each decision first asks the registry for
 a change token, one cheap query, and rebuilds the index only when it moved) or a routes file.
 A rebuild embeds only texts it has not seen (see `cache.py`) and refits the scorer.
+
+Only the first index is built while requests wait. A change refits beside serving, in one
+thread at a time: requests that come within `refit_wait_s` of its start wait for it (a
+small change is then seen at once, read-your-writes for an operator), later ones are routed
+by the previous fit until the new one is ready (100,000 new examples take minutes to embed
+on a CPU; no request waits for that).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,9 @@ Request = str | Sequence[dict[str, Any]]
 # A route's description weighs as much as a quarter of its examples' total (at least one
 # example's): chosen on the benchmark sets by the worst of them (README, Benchmarks).
 DESCRIPTION_SHARE = 0.25
+# How long the requests right after a change wait for its refit before the previous fit
+# routes them: a few examples' refit is well within it, 100,000 new ones are not.
+REFIT_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,28 +231,79 @@ class Router:
         *,
         method: ScoringMethod = "linear",
         cache_dir: Path | None = None,
+        refit_wait_s: float = REFIT_WAIT_S,
     ) -> None:
         self.source = source
         self.encoder = encoder
         self.policy = policy or Policy()
         self.method = method
         self.cache = EmbeddingCache(encoder, cache_dir)
+        self.refit_wait_s = refit_wait_s
         self.rebuilds = 0
         self._lock = threading.Lock()
         self._state: Hashable = object()  # equal to no real state: the first call builds
         self._index: _Index | None = None
+        self._refit: threading.Thread | None = None  # the refit under way, if any
+        self._refit_deadline = 0.0  # until when requests wait for it (monotonic)
+        self._failed: Hashable = object()  # the state whose refit failed: not retried
 
     def index(self) -> _Index:
-        """The current index, rebuilt first if the source changed."""
+        """The current index: built first if there is none; after a change, the new one
+        once ready (see the module's note), else the previous one."""
         state = self.source.state()
         with self._lock:
-            if self._index is None or state != self._state:
-                routes = self.source.load(self.scores_key)
-                self._index = _Index(routes, self.cache, self.method, self._index)
-                self._state = state
-                self.rebuilds += 1
-                log.info("router index: %d classes", len(self._index.classes))
-            return self._index
+            index = self._index
+            if index is None:  # nothing to serve meanwhile: build it now
+                index = self._install(self._build(state, None), state)
+            if state == self._state or state == self._failed:
+                return index
+            if self._refit is None:
+                self._refit = threading.Thread(
+                    target=self._refit_to,
+                    args=(state, self._index),
+                    name="router-refit",
+                    daemon=True,  # a shutdown does not wait out a long refit
+                )
+                self._refit_deadline = time.monotonic() + self.refit_wait_s
+                self._refit.start()
+            refit, wait = self._refit, self._refit_deadline - time.monotonic()
+        if wait > 0:
+            refit.join(wait)
+        return self._index or index  # the new fit, if it is ready
+
+    def refresh(self) -> _Index:
+        """The index for the source as it is now, waiting for any refit to finish."""
+        while True:
+            index = self.index()
+            with self._lock:
+                refit = self._refit
+            if refit is None:
+                return index
+            refit.join()
+
+    def _build(self, state: Hashable, previous: _Index | None) -> _Index:
+        routes = self.source.load(self.scores_key)
+        return _Index(routes, self.cache, self.method, previous)
+
+    def _install(self, index: _Index, state: Hashable) -> _Index:
+        self._index, self._state = index, state
+        self.rebuilds += 1
+        log.info("router index: %d classes", len(index.classes))
+        return index
+
+    def _refit_to(self, state: Hashable, previous: _Index) -> None:
+        started = time.perf_counter()
+        try:
+            index = self._build(state, previous)
+        except Exception:  # the previous fit keeps serving; the next change tries again
+            log.exception("router refit failed: the previous fit keeps routing")
+            with self._lock:
+                self._failed, self._refit = state, None
+            return
+        with self._lock:
+            self._install(index, state)
+            self._refit = None
+        log.info("router refit took %.1f s", time.perf_counter() - started)
 
     @property
     def scores_key(self) -> str:

@@ -9,13 +9,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from switchboard_lora.registry.errors import SwitchboardError
 from switchboard_lora.registry.experiments.model import Experiment
 from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.registry.store import Registry
-from switchboard_lora.router.decision import Decision
+from switchboard_lora.router.decision import Choice, Decision
 from switchboard_lora.serving.engines.interface import Generation
 from switchboard_lora.serving.served import Served
 
@@ -48,22 +48,30 @@ class ExperimentArms:
             if arm is None:  # every arm is out: the adapter's live version serves
                 return Served(decision, version)
             if arm.is_base:
-                return Served(decision, None, experiment, arm)
+                return Served(_serving(decision, None), None, experiment, arm)
             try:
                 chosen = self._arms.get((experiment.id, arm.position))
                 if chosen is None:
                     chosen = self.registry.resolve(arm.ref)
                     self.admit(chosen)  # verified, and servable here
                     self._arms[(experiment.id, arm.position)] = chosen
-                return Served(decision, chosen, experiment, arm)
+                return Served(_serving(decision, chosen), chosen, experiment, arm)
             except SwitchboardError as exc:
                 log.error(
                     "experiment %s: arm %s leaves rotation: %s", experiment.name, arm.ref, exc
                 )
                 self._out_of_rotation[experiment.id] = excluded | {arm.position}
 
-    def expose(self, response_id: str, served: Served, seconds: float, answer: Generation) -> None:
-        """The durable record of an answer an arm served (nothing for any other answer)."""
+    def expose(
+        self,
+        response_id: str,
+        served: Served,
+        seconds: float,
+        answer: Generation,
+        client: str | None = None,
+    ) -> None:
+        """The durable record of an answer an arm served (nothing for any other answer), and
+        who it went to (`client`, a key's fingerprint: the one who may rate it)."""
         if served.experiment is None or served.arm is None:
             return
         self.registry.experiments.record(
@@ -73,6 +81,7 @@ class ExperimentArms:
             seconds,
             answer.prompt_tokens,
             len(answer.token_ids),
+            client,
         )
 
     def _running(self) -> dict[str, Experiment]:
@@ -84,3 +93,11 @@ class ExperimentArms:
             self._read = now
             self._arms.clear()
         return self._experiments
+
+
+def _serving(decision: Decision, arm: VersionInfo | None) -> Decision:
+    """The decision as the arm carried it out: its fields name the version that served (the
+    router's own choice is what the review loop logged, before the split)."""
+    if arm is None:
+        return replace(decision, kind="base", choices=())
+    return replace(decision, choices=(Choice(arm, decision.route),))

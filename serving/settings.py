@@ -108,6 +108,11 @@ class ServerSettings(RegistrySettings, RouterSettings, EngineSettings):
         default_factory=list,
         description="keys that may also change the registry through the API (JSON list)",
     )
+    open_docs: bool = Field(
+        default=False,
+        description="serve /docs, /redoc and /openapi.json without a key when keys are "
+        "configured (they need one otherwise)",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="largest request body taken (413 past it)"
     )

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -190,34 +191,43 @@ def database_url(request: pytest.FixtureRequest, home: Path) -> Iterator[str]:
         yield from _postgres_schema_url()
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3-compatible server process on 127.0.0.1 (moto's standalone server)."""
-    if S3_ENDPOINT:
-        yield S3_ENDPOINT
-        return
+@contextmanager
+def moto_server(log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real S3-compatible server process on 127.0.0.1 (moto's standalone server): its
+    endpoint, and the process (for tests that freeze or kill it)."""
     server = Path(sys.executable).with_name("moto_server")
     if not server.exists():
         if REQUIRE_S3:
             raise RuntimeError(f"no {server}: install the dev extra")
         pytest.skip("no S3-compatible server (moto_server from the dev extra)")
     port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 60
-    while True:
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+        )
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "no moto_server"
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", proc
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's S3-compatible server: CI's, or one started here."""
+    if S3_ENDPOINT:
+        yield S3_ENDPOINT
+        return
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as (endpoint, _):
+        yield endpoint
 
 
 def s3_options(endpoint: str) -> dict[str, str]:

@@ -289,3 +289,57 @@ def test_simulated_users_over_http_find_the_better_arm_and_survive_a_restart(
     registry.experiments.promote("math-v2", "math:2")
     assert registry.resolve("math").version == 2
     registry.close()
+
+
+@pytest.mark.slow
+def test_feedback_comes_from_the_receiver_and_the_decision_names_the_arm(
+    world: Path, real_base: BaseModelInfo, tmp_path: Path
+) -> None:
+    """Issue 34: feedback from key c2 on a response served to c1 was recorded (item 22); an
+    answer served by arm `good0:1` said `adapters: [good0:2]`, the live version (item 24)."""
+    registry = Registry(RegistrySettings(home=world).registry_url, world)
+    for seed in (3, 4):  # an adapter of its own: the other tests' experiments are theirs
+        source = random_adapter(real_base.path, tmp_path / str(seed), seed=seed, scale=0.05)
+        registry.publish(source, "chem", real_base)
+    older, live = "chem:1", "chem:2"  # the live version is the latest
+    registry.experiments.create("keys", "chem", [(older, 0.5), (live, 0.5)], key="header:X-User-Id")
+    settings = ServerSettings(
+        home=world, base=str(real_base.path), engine="hf", api_keys=["c1", "c2"],
+        admin_keys=["admin"],
+    )  # fmt: skip
+    try:
+        with TestClient(create_app(settings)) as http:
+            served: dict[str, str] = {}  # arm -> response id
+            for user in range(40):
+                answer = http.post(
+                    "/v1/completions",
+                    json={"model": "chem", "prompt": "1 + 1 =", "max_tokens": 1},
+                    headers={"Authorization": "Bearer c1", "X-User-Id": f"u{user}"},
+                )
+                assert answer.status_code == 200, answer.text
+                info = answer.json()["switchboard"]
+                arm = info["experiment"]["arm"]
+                header = json.loads(answer.headers["x-switchboard-route"])
+                for fields in (info, header):
+                    assert [a["ref"] for a in fields["adapters"]] == [arm], fields
+                    assert fields["served"]["ref"] == arm
+                served.setdefault(arm, answer.json()["id"])
+            assert set(served) == {older, live}
+
+            def rate(response: str, key: str) -> tuple[int, str]:
+                sent = http.post(
+                    "/v1/feedback",
+                    json={"id": response, "thumbs": "up"},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                return sent.status_code, sent.json().get("error", {}).get("message", "")
+
+            status, message = rate(served[older], "c2")
+            assert status == 403 and "served to another key" in message
+            assert rate(served[older], "c1") == (200, "")  # the receiver, once
+            assert rate(served[live], "admin") == (200, "")  # an admin may rate any
+        rated = [e.thumbs_up for e in registry.experiments.exposures("keys") if e.thumbs_up]
+        assert rated == [(True,), (True,)]  # the refused one left nothing
+    finally:
+        registry.experiments.stop("keys")
+        registry.close()

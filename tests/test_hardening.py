@@ -329,3 +329,25 @@ def test_rate_limits_per_key_and_odd_keys(keyed: tuple[TestClient, Registry]) ->
     assert other.status_code == 404  # another key has its own budget
     made_up = [http.post("/v1/feedback", json={}, headers={"Authorization": f"Bearer made-up-{i}"}) for i in range(3)]  # fmt: skip
     assert [m.status_code for m in made_up] == [401, 401, 429]  # keys it does not know: one budget
+
+
+def test_the_api_docs_are_behind_the_keys_unless_opened(
+    keyed: tuple[TestClient, Registry], world: World
+) -> None:
+    """Issue 34, item 23: with keys configured, /docs, /redoc and /openapi.json answered 200
+    to anyone (the schema names every admin route). They need a key now; `open_docs` opens
+    them again, and a server without keys keeps them open."""
+    http, _ = keyed
+    pages = ("/docs", "/redoc", "/openapi.json")
+    for page in pages:
+        assert http.get(page).status_code == 401, page
+        assert http.get(page, headers={"Authorization": "Bearer client"}).status_code == 200
+    assert (
+        "/v1/admin/adapters/{name}/aliases/{alias}"
+        in http.get("/openapi.json", headers={"Authorization": "Bearer admin"}).json()["paths"]
+    )
+    base = {"home": world.home, "base": str(world.base.path)}
+    opened = TestClient(create_app(ServerSettings(**base, api_keys=["k"], open_docs=True)))
+    unkeyed = TestClient(create_app(ServerSettings(**base)))  # neither starts an engine
+    for page in pages:
+        assert opened.get(page).status_code == unkeyed.get(page).status_code == 200, page

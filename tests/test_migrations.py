@@ -56,19 +56,38 @@ def _fill(registry: Registry, base: BaseModelInfo, lora: Path, lora_2: Path) -> 
 
 # Tables added by 0004: a downgrade below it drops them, rows and all.
 LATER_TABLES = {"route_decisions", "route_descriptions"}
+# Columns added after the baseline (0005): a downgrade below it drops them.
+LATER_COLUMNS = {"experiment_exposures": {"client"}}
+Rows = dict[str, list[dict[str, Any]]]
 
 
-def _dump(engine: Engine, skip: frozenset[str] = frozenset()) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every registry table (but `skip`), in a stable order."""
+def _dump(engine: Engine, skip: frozenset[str] = frozenset()) -> Rows:
+    """Every row of every registry table (but `skip`), of the columns the database has now,
+    in a stable order."""
     with engine.connect() as conn:
-        return {
-            table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
-            for table in Base.metadata.sorted_tables
-            if table.name not in skip
-        }
+        schema = inspect(conn)
+        dump = {}
+        for table in Base.metadata.sorted_tables:
+            if table.name in skip:
+                continue
+            present = {column["name"] for column in schema.get_columns(table.name)}
+            rows = conn.execute(select(*(c for c in table.columns if c.name in present)))
+            dump[table.name] = sorted((dict(row._mapping) for row in rows), key=repr)
+        return dump
 
 
-def _after_downgrade(records: dict[str, list[tuple[Any, ...]]], to: str) -> dict[str, Any]:
+def _at_baseline(records: Rows) -> Rows:
+    """The rows a downgrade to the baseline keeps: no later table, no later column."""
+    return {
+        name: [
+            {k: v for k, v in row.items() if k not in LATER_COLUMNS.get(name, ())} for row in rows
+        ]
+        for name, rows in records.items()
+        if name not in LATER_TABLES
+    }
+
+
+def _after_downgrade(records: Rows, to: str) -> Rows:
     """The rows left after a downgrade to `to` and back up: later tables come back empty."""
     dropped = LATER_TABLES if to < "0004" else set()
     return {name: [] if name in dropped else rows for name, rows in records.items()}
@@ -76,7 +95,7 @@ def _after_downgrade(records: dict[str, list[tuple[Any, ...]]], to: str) -> dict
 
 def _filled(
     database_url: str, home: Path, base: BaseModelInfo, lora: Path, lora_2: Path
-) -> tuple[Engine, dict[str, list[tuple[Any, ...]]]]:
+) -> tuple[Engine, Rows]:
     """A registry at head holding every kind of record: its engine, and every row it holds."""
     registry = Registry(database_url, home)
     _fill(registry, base, lora, lora_2)
@@ -111,13 +130,13 @@ def test_a_new_database_is_created_at_the_newest_revision(database_url: str, hom
     Registry(database_url, home).close()
     engine = open_engine(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0004"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head() == "0005"
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     engine.dispose()
     Registry(database_url, home).close()  # and opens again as it is
     result = _cli(database_url, home, "registry", "upgrade", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"from": "0004", "to": "0004", "changed": False}
+    assert json.loads(result.stdout) == {"from": "0005", "to": "0005", "changed": False}
 
 
 def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_record(
@@ -128,8 +147,7 @@ def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_recor
 
     _to(engine, BASELINE)
     assert "ix_route_examples_route" in _indexes(engine, "route_examples")
-    kept = {name: rows for name, rows in records.items() if name not in LATER_TABLES}
-    assert _dump(engine, frozenset(LATER_TABLES)) == kept
+    assert _dump(engine, frozenset(LATER_TABLES)) == _at_baseline(records)
 
     with pytest.raises(SwitchboardError) as refused:
         Registry(database_url, home)
@@ -143,7 +161,7 @@ def test_a_registry_at_the_baseline_is_refused_then_upgraded_keeping_every_recor
 
     upgraded = _cli(database_url, home, "registry", "upgrade", "--json")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0004", "changed": True}
+    assert json.loads(upgraded.stdout) == {"from": "0001", "to": "0005", "changed": True}
     assert "ix_route_examples_route" not in _indexes(engine, "route_examples")
     assert "ix_adapter_versions_adapter_id" not in _indexes(engine, "adapter_versions")
     assert _dump(engine) == _after_downgrade(records, BASELINE)

@@ -8,6 +8,9 @@ requests of the same domains. The registry is SQLite or PostgreSQL, as everywher
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.router.decision import Policy, RouteTarget
 from switchboard_lora.router.encoder import Encoder
 from switchboard_lora.router.evaluate import calibrate, evaluate
-from switchboard_lora.router.router import FileRoutes, RegistryRoutes, Router
+from switchboard_lora.router.router import FileRoutes, RegistryRoutes, Route, Router
 from switchboard_lora.router.scorers import LinearScorer
 from switchboard_lora.trainer.data import load_jsonl
 from switchboard_lora.trainer.loop import routing_sample
@@ -429,7 +432,7 @@ def test_a_change_refits_from_the_last_fit_to_the_same_decisions(
     ):
         path = _routes_file(tmp_path / f"{change}.jsonl", routes)
         router.source = FileRoutes(path)
-        warm = router.index().scorer
+        warm = router.refresh().scorer  # the refit itself, however long it takes
         fresh = Router(FileRoutes(path), encoder)
         fresh.cache = router.cache
         cold = fresh.index().scorer
@@ -488,3 +491,63 @@ def test_a_description_is_evidence_beside_few_examples(
     with pytest.raises(SwitchboardError, match="limit is 1000"):
         registry.routes.describe("science", "x" * 1001)
     assert router.routes["science"].description == science
+
+
+class _SlowRoutes:
+    """Routes from files, switched by `use`, whose loads wait for `loads` (a refit that takes
+    as long as the test says) or fail when told: the other side of the router's source seam."""
+
+    def __init__(self, path: Path) -> None:
+        self.current = FileRoutes(path)
+        self.loads = threading.Event()
+        self.loads.set()
+        self.fail = False
+
+    def use(self, path: Path) -> None:
+        self.current = FileRoutes(path)
+
+    def state(self) -> Hashable:
+        return self.current.state()
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self.current.resolve(ref)
+
+    def load(self, scores_key: str) -> list[Route]:
+        assert self.loads.wait(60)
+        if self.fail:
+            raise RuntimeError("the route store went away")
+        return self.current.load(scores_key)
+
+
+def test_a_slow_refit_runs_beside_routing(tmp_path: Path, encoder: Encoder) -> None:
+    """Issue 34, item 26: 100,000 new examples stalled routed requests for minutes. A refit
+    now runs beside serving: requests after a short wait are routed by the previous fit,
+    the new one serves once ready, and a failed refit leaves the previous fit serving."""
+    math, sql = requests("math", "train", 20), requests("sql", "train", 20)
+    source = _SlowRoutes(
+        _routes_file(tmp_path / "a.jsonl", {"math": math, "base": GENERAL_REQUESTS})
+    )
+    router = Router(source, encoder, refit_wait_s=0.3)
+    query = requests("sql", "eval", 1)[0]
+    assert router.decide(query).choices[0].ref == "math"  # the only route there is
+
+    source.loads.clear()  # the next refit takes until the test lets it finish
+    source.use(
+        _routes_file(tmp_path / "b.jsonl", {"math": math, "sql": sql, "base": GENERAL_REQUESTS})
+    )
+    started = time.monotonic()
+    during = [router.decide(query) for _ in range(3)]
+    assert time.monotonic() - started < 5  # waited once, briefly; never for the refit
+    assert [d.choices[0].ref for d in during] == ["math"] * 3  # the previous fit serves
+    source.loads.set()
+    router.refresh()
+    assert router.decide(query).choices[0].ref == "sql"
+
+    source.fail = True
+    source.use(_routes_file(tmp_path / "c.jsonl", {"sql": sql, "base": GENERAL_REQUESTS}))
+    rebuilds = router.rebuilds
+    assert router.refresh().classes == ["base", "math", "sql"]  # failed: the last fit serves
+    assert router.decide(query).choices[0].ref == "sql" and router.rebuilds == rebuilds
+    source.fail = False  # the same state is not retried; the next change is
+    source.use(_routes_file(tmp_path / "d.jsonl", {"sql": sql, "base": GENERAL_REQUESTS}))
+    assert router.refresh().classes == ["base", "sql"]

@@ -94,6 +94,23 @@ def test_a_mostly_bad_file_is_refused(tmp_path: Path) -> None:
     assert "3 of 5 rows are bad" in message and "line 4: not valid JSON" in message
 
 
+def test_a_row_over_the_size_limit_is_a_bad_row_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue 34, item 25: one line of a GiB was read, parsed and tokenized whole (6.9 GB, then
+    SIGABRT). A row past the limit is a bad row with its line number, never held whole."""
+    path = tmp_path / "d.jsonl"
+    huge = json.dumps(
+        {"messages": [{"role": "user", "content": "x" * 3_000_000}, CHAT["messages"][1]]}
+    )
+    path.write_text("\n".join([json.dumps(CHAT)] * 12 + [huge, json.dumps(CHAT)]) + "\n")
+    dataset = load_jsonl(path, max_row_bytes=1 << 20)
+    assert len(dataset.examples) == 13
+    assert dataset.problems == ((13, "longer than the 1,048,576 bytes a row may hold"),)
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(huge)  # no newline at the end: the last line too
+    with pytest.raises(SwitchboardError, match="line 1: longer than the 1,048,576 bytes"):
+        load_jsonl(alone)
+
+
 def test_the_bad_row_limit_is_configurable(tmp_path: Path) -> None:
     rows = [CHAT] * 8 + ["x", "y"]
     path = _write(tmp_path / "d.jsonl", rows)

@@ -9,9 +9,11 @@ reported with their line numbers; a file with too many of them is refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 Format = Literal["chat", "completion", "instruction", "text"]
 _ROLES = {"system", "user", "assistant"}
 _SHOWN_PROBLEMS = 10
+# A row past this is refused before it is parsed: one line of a GiB would otherwise be read,
+# parsed and tokenized whole (gigabytes) before truncation to the sequence length saw it.
+MAX_ROW_BYTES = 1 << 20
+_READ = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +128,37 @@ def _normalise(row: dict[str, Any], fmt: Format, line: int) -> Example:
     return Example(line, completion=_text(row, "text"))
 
 
-def load_jsonl(path: Path, *, max_bad_fraction: float = 0.1) -> Dataset:
-    """Read, detect, validate. Raises if the file is unreadable, empty or mostly bad."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SwitchboardError(ErrorCode.INVALID_INPUT, f"cannot read {path}: {exc}") from exc
+def _lines(path: Path, max_row_bytes: int) -> Iterator[tuple[int, str | None]]:
+    """(line number, its text), or None for a line over `max_row_bytes`: read in bounded
+    pieces, so an oversized line is skipped without being held."""
+    with path.open("rb") as f:
+        for number in itertools.count(1):
+            line = f.readline(max_row_bytes + 1)
+            if not line:
+                return
+            if len(line) > max_row_bytes and not line.endswith(b"\n"):
+                while (rest := f.readline(_READ)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the oversized line, dropped piece by piece
+                yield number, None
+                continue
+            yield number, line.decode("utf-8")
+
+
+def load_jsonl(
+    path: Path, *, max_bad_fraction: float = 0.1, max_row_bytes: int = MAX_ROW_BYTES
+) -> Dataset:
+    """Read, detect, validate. Raises if the file is unreadable, empty or mostly bad; rows
+    over `max_row_bytes` are bad rows."""
     rows: list[tuple[int, dict[str, Any], Format]] = []
     problems: list[tuple[int, str]] = []
-    for number, text in enumerate(lines, start=1):
+    try:
+        lines = list(_lines(path, max_row_bytes))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SwitchboardError(ErrorCode.INVALID_INPUT, f"cannot read {path}: {exc}") from exc
+    for number, text in lines:
+        if text is None:
+            problems.append((number, f"longer than the {max_row_bytes:,} bytes a row may hold"))
+            continue
         if not text.strip():
             continue
         try:

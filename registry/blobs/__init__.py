@@ -21,9 +21,11 @@ from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 __all__ = ["BlobStore", "StoredBlob", "integrity", "open_blob_store"]
 
 
-def open_blob_store(url: str | None, home: Path, options: Mapping[str, str] = {}) -> BlobStore:
+def open_blob_store(
+    url: str | None, home: Path, options: Mapping[str, str] = {}, timeout_s: float = 30.0
+) -> BlobStore:
     """The store a registry's blob URL names: none or `file://…` is a local folder (default
-    `home/blobs`), `s3://bucket/prefix` an object store."""
+    `home/blobs`), `s3://bucket/prefix` an object store (each call bounded by `timeout_s`)."""
     from switchboard_lora.registry.blobs.local import LocalBlobStore
 
     if url is None:
@@ -34,7 +36,7 @@ def open_blob_store(url: str | None, home: Path, options: Mapping[str, str] = {}
     if scheme == "s3" and rest:
         from switchboard_lora.registry.blobs.s3 import S3BlobStore
 
-        return S3BlobStore.from_url(url, options)
+        return S3BlobStore.from_url(url, options, timeout_s)
     raise SwitchboardError(
         ErrorCode.INVALID_INPUT,
         f"blob URL {url!r}: use s3://BUCKET[/PREFIX] or file:///PATH (default: local files)",

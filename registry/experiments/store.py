@@ -205,7 +205,10 @@ class ExperimentStore:
         latency_s: float,
         prompt_tokens: int,
         completion_tokens: int,
+        client: str | None = None,
     ) -> None:
+        """The response `response_id` was served by `arm`; `client` identifies who received
+        it (an API key's fingerprint), the only one who may then give feedback on it."""
         with Session(self._writer) as session, session.begin():
             session.add(
                 ExposureRow(
@@ -216,6 +219,7 @@ class ExperimentStore:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     created_at=datetime.now(UTC),
+                    client=client,
                 )
             )
 
@@ -226,9 +230,12 @@ class ExperimentStore:
         thumbs_up: bool | None = None,
         score: float | None = None,
         label: str | None = None,
+        client: str | None = None,
+        admin: bool = True,
     ) -> str:
         """Tie feedback to the response it is about; returns the experiment's name. A response
-        takes one feedback: a repeat is a conflict (one client must not outvote the rest)."""
+        takes one feedback: a repeat is a conflict (one client must not outvote the rest), and
+        only from the `client` it was served to, unless from an `admin`."""
         if thumbs_up is None and score is None:
             raise SwitchboardError(ErrorCode.INVALID_INPUT, "give a thumbs up/down or a score")
         low, high = SCORE_RANGE
@@ -238,15 +245,22 @@ class ExperimentStore:
             )
         try:
             with Session(self._writer) as session, session.begin():
-                experiment = session.scalar(
-                    select(ExperimentRow.name)
+                served = session.execute(
+                    select(ExperimentRow.name, ExposureRow.client)
                     .join(ExposureRow, ExposureRow.experiment_id == ExperimentRow.id)
                     .where(ExposureRow.response_id == response_id)
-                )
-                if experiment is None:
+                ).first()
+                if served is None:
                     raise SwitchboardError(
                         ErrorCode.NOT_FOUND,
                         f"no response {response_id!r} served in an experiment",
+                    )
+                experiment, receiver = served
+                if not admin and receiver is not None and receiver != client:
+                    raise SwitchboardError(
+                        ErrorCode.FORBIDDEN,
+                        f"response {response_id!r} was served to another key: feedback on it "
+                        "comes from that key (or an admin key)",
                     )
                 given = session.scalar(
                     select(FeedbackRow.id).where(FeedbackRow.response_id == response_id)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from switchboard_lora.serving.build import build_service
 from switchboard_lora.serving.http import admin, openai_api, probes, vllm_lora
 from switchboard_lora.serving.http.body_limit import BodyLimit
+from switchboard_lora.serving.http.docs_pages import install_docs
 from switchboard_lora.serving.http.errors import install_error_handlers
 from switchboard_lora.serving.http.metrics import Metrics
 from switchboard_lora.serving.http.rate_limit import RateLimit, RateLimits
@@ -36,12 +37,17 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
             app.state.ready = False
             await built.engine.stop()
 
-    app = FastAPI(title="Switchboard", lifespan=lifespan)
+    # FastAPI's own documentation routes are off: `install_docs` serves them, behind the keys.
+    app = FastAPI(
+        title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.ready = False
     app.state.metrics = Metrics()
     app.state.client_keys = frozenset(settings.api_keys)
     app.state.admin_keys = frozenset(settings.admin_keys)
     app.state.mix_allow = frozenset(settings.mix_allow)
+    keyed = bool(settings.api_keys or settings.admin_keys)
+    install_docs(app, behind_keys=keyed and not settings.open_docs)
     for routes in (probes.router, openai_api.router, admin.router, vllm_lora.router):
         app.include_router(routes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

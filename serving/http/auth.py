@@ -6,6 +6,7 @@ key (`Authorization: Bearer KEY`), and calls that change the registry need an ad
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable
 
@@ -41,6 +42,17 @@ def is_admin(request: Request) -> bool:
     clients: frozenset[str] = request.app.state.client_keys
     admins: frozenset[str] = request.app.state.admin_keys
     return not (clients or admins) or _holds(_presented(request), admins)
+
+
+def client_id(request: Request) -> str | None:
+    """Who is asking, as the registry may store it: the presented key's sha256 (never the
+    key itself); None while no keys are configured (everyone is everyone)."""
+    clients: frozenset[str] = request.app.state.client_keys
+    admins: frozenset[str] = request.app.state.admin_keys
+    token = _presented(request)
+    if not (clients or admins) or token is None:
+        return None
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def check_mix(request: Request, names: Iterable[str], allowed: frozenset[str]) -> None:

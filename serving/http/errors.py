@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
+from switchboard_lora.registry.db import unusable
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.serving.http.schemas import FieldError
 
@@ -27,6 +29,7 @@ STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.SCHEMA: 503,
+    ErrorCode.DATABASE: 503,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.BAD_UPSTREAM: 502,
     ErrorCode.UPSTREAM_TIMEOUT: 504,
@@ -96,6 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_body(404, message, "unknown_url")
         code = "method_not_allowed" if exc.status_code == 405 else "invalid_request"
         return error_body(exc.status_code, str(exc.detail), code)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        """The registry database failed under a request: the server's trouble, said once."""
+        service = getattr(request.app.state, "service", None)
+        failure = unusable(service.registry.database_url if service else "?", exc)
+        log.error("%s", failure.message)
+        return error_body(503, failure.message, failure.code.value)
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:

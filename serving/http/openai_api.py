@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.refs import AdapterRef
 from switchboard_lora.serving.engines.interface import Generation
-from switchboard_lora.serving.http.auth import check_mix
+from switchboard_lora.serving.http.auth import check_mix, client_id, is_admin
 from switchboard_lora.serving.http.deps import KeyDep, ServiceDep
 from switchboard_lora.serving.http.metrics import Metrics
 from switchboard_lora.serving.http.openai_format import (
@@ -71,13 +71,16 @@ async def completions(body: CompletionRequest, service: ServiceDep, request: Req
 
 
 @router.post("/feedback")
-async def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
+async def feedback(body: FeedbackRequest, service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Feedback on a response, from the key it was served to (or an admin key)."""
     experiment = await asyncio.to_thread(
         service.registry.experiments.feedback,
         body.id,
         thumbs_up=None if body.thumbs is None else body.thumbs == "up",
         score=body.score,
         label=body.label,
+        client=client_id(request),
+        admin=is_admin(request),
     )
     return {"id": body.id, "experiment": experiment, "recorded": True}
 
@@ -127,7 +130,9 @@ async def _answer(
         seconds = time.perf_counter() - started
         metrics.observe(served, seconds, generation)
         if served.arm is not None:  # a trip to the database only for what an arm served
-            await asyncio.to_thread(service.arms.expose, reply.ident, served, seconds, generation)
+            await asyncio.to_thread(
+                service.arms.expose, reply.ident, served, seconds, generation, client_id(request)
+            )
 
     headers = header_value(served)
     if body.stream:  # one prompt, one sample (the schema refuses more)

@@ -21,12 +21,14 @@ from switchboard_lora.cli.registry import registry_app
 from switchboard_lora.cli.route import route_app
 from switchboard_lora.cli.serve import demo, serve
 from switchboard_lora.cli.train import train
+from switchboard_lora.registry.db import unusable
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 # Exit status per error kind, so scripts can tell "not there" from "broken".
 EXIT_CODES = {
     ErrorCode.NOT_FOUND: 3,
     ErrorCode.INTEGRITY: 4,
+    ErrorCode.DATABASE: 4,
     ErrorCode.CONFLICT: 5,
     ErrorCode.ALREADY_EXISTS: 5,
     ErrorCode.INCOMPATIBLE_BASE: 6,
@@ -39,8 +41,13 @@ class _Root(TyperGroup):
     too when the command was given `--json` (known from the parsed flag, see `kit`)."""
 
     def invoke(self, ctx: Any) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except DBAPIError as exc:  # the database failed after it opened: one line too
+                raise unusable(getattr(ctx.obj, "registry_url", "?"), exc) from None
         except SwitchboardError as exc:
             if ctx.meta.get(JSON_OUTPUT):
                 error = {"error": {"code": exc.code.value, "message": exc.message}}

@@ -42,6 +42,7 @@ def serve(
     """Serve the registry's adapters behind an OpenAI-compatible API (model=auto routes)."""
     import uvicorn
 
+    from switchboard_lora.registry.store import open_registry
     from switchboard_lora.serving.http.app import create_app
 
     settings = settings_of(ctx)
@@ -53,6 +54,7 @@ def serve(
     if upstream:
         settings.upstreams = upstream
     open_base(ctx, settings.base)  # a missing base fails here, saying how to get it
+    open_registry(settings).close()  # so do a damaged or unreachable registry database
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
