@@ -21,7 +21,11 @@
 - scale: 100 and 1,000 BIG-bench domain tasks as routes, 20 requests each
   (`bench/router_scale.py`): held-out requests of the routes, fallback recall on general
   requests, decision time, a full fit, and the refit after adding one route (from the last
-  fit, against a fit from nothing).
+  fit, against a fit from nothing). It runs `volume` too.
+- volume: 100,000 examples (`--examples N`) added at once to one route of a live registry
+  while requests are routed (`bench/router_volume.py`): how long the refit takes beside
+  serving, decision times before, during (the previous fit routes) and after, the first
+  request's wait, a small change's refit at that size, peak memory. Needs no BIG-bench.
 - encoders: the default encoder and each one `switchboard encoder pull` knows, on every
   cross-source set and SNIPS, side by side, with one request's encoding time.
 - latency: p50/p99 of one decision for a short and a long (~130-token) query, and of encoding

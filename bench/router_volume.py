@@ -35,6 +35,16 @@ def _texts(words: tuple[str, ...], n: int, rng: random.Random) -> list[str]:
     return [f"{rng.choice(OPENERS)} {' '.join(rng.sample(words, 3))} (case {i})" for i in range(n)]
 
 
+def _decisions(router: Router) -> list[float]:
+    """Seconds per decision over the queries, twenty times each."""
+    seconds = []
+    for query in QUERIES * 20:
+        started = time.perf_counter()
+        router.decide(query)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -59,11 +69,7 @@ def volume(encoder: Encoder, base: BaseModelInfo, examples: int) -> dict[str, An
         started = time.perf_counter()
         router.index()
         first_fit_s = time.perf_counter() - started
-        before = []
-        for query in QUERIES * 20:
-            started = time.perf_counter()
-            router.decide(query)
-            before.append(time.perf_counter() - started)
+        before = _decisions(router)
         peak_before = _peak_mb()
 
         texts = _texts(ROUTES["legal"], examples, rng)
@@ -82,11 +88,7 @@ def volume(encoder: Encoder, base: BaseModelInfo, examples: int) -> dict[str, An
             during.append(time.perf_counter() - started)
             time.sleep(0.05)
         refit_s = time.perf_counter() - changed
-        after = []
-        for query in QUERIES * 20:
-            started = time.perf_counter()
-            router.decide(query)
-            after.append(time.perf_counter() - started)
+        after = _decisions(router)
 
         registry.routes.add_examples("sql", ["Which index speeds up this select?"], "bench")
         started = time.perf_counter()

@@ -62,13 +62,22 @@ class AdapterShape:
     left_out: tuple[str, ...] = ()  # other files found there (not stored), but a model card
 
 
-def _invalid(path: Path, problem: str) -> SwitchboardError:
-    return SwitchboardError(ErrorCode.INVALID_ADAPTER, f"{path}: {problem}")
+class AdapterRefused(SwitchboardError):
+    """Why an adapter directory cannot be served. `problem` says it of the adapter alone
+    (a stored version's caller names the version); the message names the directory."""
+
+    def __init__(self, code: ErrorCode, path: Path, problem: str, joint: str = ": ") -> None:
+        super().__init__(code, f"{path}{joint}{problem}")
+        self.problem = problem
 
 
-def _incompatible(path: Path, base: BaseModelInfo, problem: str) -> SwitchboardError:
-    return SwitchboardError(
-        ErrorCode.INCOMPATIBLE_BASE, f"{path} does not fit base {base.id}: {problem}"
+def _invalid(path: Path, problem: str) -> AdapterRefused:
+    return AdapterRefused(ErrorCode.INVALID_ADAPTER, path, problem)
+
+
+def _incompatible(path: Path, base: BaseModelInfo, problem: str) -> AdapterRefused:
+    return AdapterRefused(
+        ErrorCode.INCOMPATIBLE_BASE, path, f"does not fit base {base.id}: {problem}", " "
     )
 
 
@@ -140,8 +149,8 @@ def adapter_problems(path: Path, base: BaseModelInfo | None) -> list[str]:
     """Why the adapter in `path` cannot be served ([]: it can), for versions already stored."""
     try:
         inspect_adapter(path, base)
-    except SwitchboardError as exc:
-        return [exc.message.replace(f"{path}: ", "").replace(str(path), "it")]
+    except SwitchboardError as exc:  # said of the adapter alone where it can be
+        return [exc.problem if isinstance(exc, AdapterRefused) else exc.message]
     return []
 
 

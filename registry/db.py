@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
@@ -34,15 +34,23 @@ def open_engine(url: str) -> Engine:
     failing on a lock upgrade. Reads run in autocommit: each is one atomic statement, and
     in WAL mode never blocks a writer.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ValueError, ImportError) as exc:  # unparsed; no such dialect, driver
+        scheme = url.partition("://")[0] if "://" in url else "?"  # the rest may hold a password
+        raise SwitchboardError(
+            ErrorCode.INVALID_INPUT,
+            f"registry database URL ({scheme}://…) is not one SQLAlchemy can use: {exc}; use "
+            "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB",
+        ) from None
     return engine
 
 

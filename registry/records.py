@@ -64,7 +64,8 @@ class AdapterSummary:
 class VerifyResult:
     ref: str
     problems: tuple[str, ...]
-    notes: tuple[str, ...] = ()  # what was repaired on the way
+    repaired: tuple[str, ...] = ()  # what was repaired on the way
+    notes: tuple[str, ...] = ()  # what could not be checked here, and why
 
     @property
     def ok(self) -> bool:

@@ -380,33 +380,35 @@ class Registry:
                     checked[key] = self.blobs.check(entry.sha256, entry.size)
                 if checked[key] is not None:
                     problems.append(f"{path}: {checked[key]}")
+            repaired: list[str] = []
             notes: list[str] = []
             if not problems:
                 base = by_fingerprint.get(info.base_fingerprint)
-                problems, notes = self._check_loadable(info, files, base)
+                problems, repaired = self._check_loadable(info, files, base)
                 if base is None:
                     notes.append(
                         f"its base ({info.base_fingerprint[:19]}…) is not on this machine: "
                         "shapes against it were not checked"
                     )
-            results.append(VerifyResult(info.ref, tuple(problems), tuple(notes)))
+            results.append(VerifyResult(info.ref, tuple(problems), tuple(repaired), tuple(notes)))
         return results
 
     def _check_loadable(
         self, info: VersionInfo, files: dict[str, FileEntry], base: BaseModelInfo | None
     ) -> tuple[list[str], list[str]]:
-        """(problems, notes) of a version whose blobs are intact: its checkout here (if any)
-        is verified, and restored from the blobs when damaged; the files are then checked."""
+        """(problems, repairs) of a version whose blobs are intact: its checkout here (if
+        any) is verified, and restored from the blobs when damaged; the files are then
+        checked."""
         manifest = lambda: self._manifest(info).to_json()  # noqa: E731
-        notes = []
+        repaired = []
         if self._copies.has_checkout(info.served_name):
             if not self._copies.intact(info.served_name, files):
-                notes.append("its checkout here was damaged and is restored from the blobs")
+                repaired.append("its checkout here was damaged and is restored from the blobs")
             directory = self._copies.checkout(info, files, manifest)
-            return adapter_problems(directory, base), notes
+            return adapter_problems(directory, base), repaired
         with tempfile.TemporaryDirectory(prefix="switchboard-verify-") as tmp:
             self._copies.materialise(info, files, manifest(), Path(tmp) / "files")
-            return adapter_problems(Path(tmp) / "files", base), notes
+            return adapter_problems(Path(tmp) / "files", base), repaired
 
     def gc(self, min_age_seconds: float = 3600.0, *, dry_run: bool = False) -> list[StoredBlob]:
         """Remove blobs no version references (left by publishes killed before their commit).

@@ -10,6 +10,6 @@ def register() -> None:
     from vllm.lora.resolver import LoRAResolverRegistry
 
     from switchboard_lora.serving.engines.vllm_resolver import SwitchboardResolver
-    from switchboard_lora.settings import Settings
+    from switchboard_lora.settings import from_environment
 
-    LoRAResolverRegistry.register_resolver("switchboard", SwitchboardResolver(Settings))
+    LoRAResolverRegistry.register_resolver("switchboard", SwitchboardResolver(from_environment))

@@ -21,6 +21,7 @@ from switchboard_lora.base_pull import pull
 from switchboard_lora.registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
 from switchboard_lora.registry.blobs import BlobStore, open_blob_store
 from switchboard_lora.registry.blobs.local import LocalBlobStore
+from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.trainer.synthetic import random_adapter
 
 pytest_plugins = ["serving_world"]  # the HTTP tests' shared servers
@@ -100,6 +101,15 @@ def _make_tiny_base(path: Path, hidden: int, seed: int) -> None:
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+
+
+@contextmanager
+def refused(code: ErrorCode, match: str) -> Iterator[None]:
+    """Expect a SwitchboardError of `code` whose message contains `match`."""
+    with pytest.raises(SwitchboardError) as info:
+        yield
+    assert info.value.code == code, (info.value.code, info.value.message)
+    assert match in info.value.message, info.value.message
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openai
 import pytest
+from conftest import refused
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from serving_world import World, chat, make_lora, still_serves
@@ -104,14 +104,6 @@ def _hostile(lora_dir: Path, out: Path, case: tuple[Any, ...]) -> Path:
     return out
 
 
-@contextmanager
-def _refused(code: ErrorCode, match: str) -> Iterator[None]:
-    with pytest.raises(SwitchboardError) as info:
-        yield
-    assert info.value.code == code, (info.value.code, info.value.message)
-    assert match in info.value.message, info.value.message
-
-
 @pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
 def test_publish_refuses_adapters_no_engine_can_load(
     registry: Registry,
@@ -121,10 +113,10 @@ def test_publish_refuses_adapters_no_engine_can_load(
     case: tuple[Any, ...],
 ) -> None:
     hostile = _hostile(lora_dir, tmp_path / "hostile", case)
-    with pytest.raises(SwitchboardError) as refused:
+    with pytest.raises(SwitchboardError) as failed:
         registry.publish(hostile, "legal", tiny_base)
-    assert refused.value.code in (ErrorCode.INVALID_ADAPTER, ErrorCode.INCOMPATIBLE_BASE)
-    assert case[3] in refused.value.message
+    assert failed.value.code in (ErrorCode.INVALID_ADAPTER, ErrorCode.INCOMPATIBLE_BASE)
+    assert case[3] in failed.value.message
     assert registry.list_adapters() == []
     if case[4]:  # a file format problem: the engines' own parser agrees
         with pytest.raises(SafetensorError), safe_open(str(hostile / WEIGHTS), "numpy") as f:
@@ -142,7 +134,7 @@ def test_a_target_the_base_does_not_have_is_named_beside_real_ones(
         "",
         False,
     )
-    with _refused(ErrorCode.INCOMPATIBLE_BASE, "target_modules ['nonexistent_proj'] name no layer"):
+    with refused(ErrorCode.INCOMPATIBLE_BASE, "target_modules ['nonexistent_proj'] name no layer"):
         registry.publish(_hostile(lora_dir, tmp_path / "extra", case), "legal", tiny_base)
 
 
@@ -209,9 +201,9 @@ def test_verify_and_checkout_refuse_versions_stored_before_the_checks(
     assert results["good:1"].ok
     for ref, case in refs.items():
         assert not results[ref].ok and case[3] in results[ref].problems[0], (ref, results[ref])
-        with _refused(ErrorCode.UNLOADABLE, f"{ref} cannot be served: "):
+        with refused(ErrorCode.UNLOADABLE, f"{ref} cannot be served: "):
             registry.checkout(ref, tiny_base)
-        with _refused(ErrorCode.UNLOADABLE, case[3]):
+        with refused(ErrorCode.UNLOADABLE, case[3]):
             registry.checkout(ref)  # the checks that need no base, too
     # Without its base on this machine, verify says what it could not check.
     [alone] = registry.verify("good")

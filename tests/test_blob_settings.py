@@ -1,4 +1,6 @@
-"""Bad blob-store settings are refused with the reason, before anything is stored."""
+# ruff: noqa: E501  (the table of bad settings reads best as one row per case)
+"""Bad settings (the blob store's and every other) are refused in one line with the reason,
+before anything is stored."""
 
 from __future__ import annotations
 
@@ -71,3 +73,37 @@ def test_json_scalars_in_blob_options_are_taken_as_the_clients_text(tmp_path: Pa
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("SWITCHBOARD_MAX_LORAS", "x", "bad setting: SWITCHBOARD_MAX_LORAS='x': Input should be a valid integer"),
+        ("SWITCHBOARD_BLOB_TIMEOUT_S", "-1", "bad setting: SWITCHBOARD_BLOB_TIMEOUT_S='-1': Input should be greater than 0"),
+        ("SWITCHBOARD_ENGINE", "gpu", "bad setting: SWITCHBOARD_ENGINE='gpu': Input should be 'auto', 'vllm' or 'hf'"),
+        ("SWITCHBOARD_OPEN_DOCS", "maybe", "bad setting: SWITCHBOARD_OPEN_DOCS='maybe': Input should be a valid boolean"),
+        ("SWITCHBOARD_BLOB_OPTIONS", "[1", "bad setting: SWITCHBOARD_BLOB_OPTIONS is not valid JSON (Expecting ','"),
+        ("SWITCHBOARD_API_KEYS", '["secret", 5]', "bad setting: SWITCHBOARD_API_KEYS: Input should be a valid string"),
+        ("SWITCHBOARD_DATABASE_URL", "nonsense://", "registry database URL (nonsense://…) is not one SQLAlchemy can use"),
+        ("SWITCHBOARD_DATABASE_URL", "postgresql+psycopg://u:secret@h:x/db", "registry database URL (postgresql+psycopg://…) is not one"),
+    ],
+)  # fmt: skip
+def test_every_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
+    """Issue 34: a bad setting was pydantic's screenful (46 lines for one). One line names
+    the variable, its value (never a key's) and what is wrong; `--json` gets the error too."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), variable: value}
+    for json_flag in ([], ["--json"]):
+        result = subprocess.run(
+            [SWITCHBOARD, "--home", str(tmp_path), "registry", "list", *json_flag],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+        assert result.stderr.startswith(f"error: {said}"), result.stderr
+        assert "secret" not in result.stderr
+        if json_flag:
+            assert json.loads(result.stdout)["error"]["code"] == "invalid_input"

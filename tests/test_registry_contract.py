@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import refused
 
 from switchboard_lora.base_pull import get_or_hint
 from switchboard_lora.registry import (
@@ -24,15 +24,6 @@ from switchboard_lora.registry import (
 )
 from switchboard_lora.registry.manifest import Component
 from switchboard_lora.registry.tensors import read_tensor_index, sha256_file
-
-
-@contextmanager
-def _error(code: ErrorCode, match: str) -> Iterator[None]:
-    """Expect a SwitchboardError of `code` whose message contains `match`."""
-    with pytest.raises(SwitchboardError) as info:
-        yield
-    assert info.value.code == code, (info.value.code, info.value.message)
-    assert match in info.value.message, info.value.message
 
 
 def _blob_count(home: Path) -> int:
@@ -79,15 +70,15 @@ def test_versions_increase_and_refs_resolve(
     assert registry.resolve("legal:2").aliases == ("canary", "prod")
     registry.remove_alias("legal", "prod")
     assert registry.resolve("legal").version == 2
-    with _error(ErrorCode.NOT_FOUND, "no alias 'prod'"):
+    with refused(ErrorCode.NOT_FOUND, "no alias 'prod'"):
         registry.remove_alias("legal", "prod")
-    with _error(ErrorCode.NOT_FOUND, "legal:9 does not exist"):
+    with refused(ErrorCode.NOT_FOUND, "legal:9 does not exist"):
         registry.resolve("legal:9")
-    with _error(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
+    with refused(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
         registry.resolve("nope")
-    with _error(ErrorCode.NOT_FOUND, "no alias 'beta'"):
+    with refused(ErrorCode.NOT_FOUND, "no alias 'beta'"):
         registry.resolve("legal@beta")
-    with _error(ErrorCode.NOT_FOUND, "legal:7 does not exist"):
+    with refused(ErrorCode.NOT_FOUND, "legal:7 does not exist"):
         registry.set_alias("legal", "prod", 7)
 
 
@@ -112,12 +103,12 @@ def test_a_served_name_is_a_ref_to_exactly_its_content(
     assert registry.resolve(two.served_name).version == 2
     assert registry.checkout(one.served_name)[0].served_name == one.served_name
     # version 1's number with version 2's digest names nothing
-    with _error(ErrorCode.NOT_FOUND, "is not legal:1's content"):
+    with refused(ErrorCode.NOT_FOUND, "is not legal:1's content"):
         registry.resolve(f"legal-v1-{two.content_digest[:12]}")
-    with _error(ErrorCode.NOT_FOUND, "does not exist"):
+    with refused(ErrorCode.NOT_FOUND, "does not exist"):
         registry.resolve(f"legal-v3-{two.content_digest[:12]}")
     registry.delete(one.served_name)
-    with _error(ErrorCode.NOT_FOUND, "was deleted"):
+    with refused(ErrorCode.NOT_FOUND, "was deleted"):
         registry.resolve(one.served_name)
 
 
@@ -128,7 +119,7 @@ def test_a_served_name_is_a_ref_to_exactly_its_content(
 def test_bad_names_are_refused(
     registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, home: Path, name: str
 ) -> None:
-    with _error(ErrorCode.INVALID_NAME, repr(name)):
+    with refused(ErrorCode.INVALID_NAME, repr(name)):
         registry.publish(lora_dir, name, tiny_base)
     assert registry.list_adapters() == []
     assert _blob_count(home) == 0
@@ -234,7 +225,7 @@ def test_invalid_adapter_dirs_are_refused_and_nothing_is_written(
     message: str,
 ) -> None:
     broken = _broken_copy(lora_dir, tmp_path / "broken", edit)
-    with _error(ErrorCode.INVALID_ADAPTER, message):
+    with refused(ErrorCode.INVALID_ADAPTER, message):
         registry.publish(broken, "legal", tiny_base)
     assert registry.list_adapters() == []
     assert _blob_count(home) == 0
@@ -243,7 +234,7 @@ def test_invalid_adapter_dirs_are_refused_and_nothing_is_written(
 def test_adapter_for_another_base_is_refused(
     registry: Registry, tiny_base: BaseModelInfo, foreign_lora_dir: Path, home: Path
 ) -> None:
-    with _error(ErrorCode.INCOMPATIBLE_BASE, "does not fit base"):
+    with refused(ErrorCode.INCOMPATIBLE_BASE, "does not fit base"):
         registry.publish(foreign_lora_dir, "legal", tiny_base)
     assert registry.list_adapters() == [] and _blob_count(home) == 0
 
@@ -254,7 +245,7 @@ def test_manifest_claiming_another_base_is_refused(
     copy = shutil.copytree(lora_dir, tmp_path / "claims")
     draft = {"base": {"id": "elsewhere", "fingerprint": "sha256:" + "0" * 64}}
     (copy / MANIFEST_FILE).write_text(json.dumps(draft))
-    with _error(ErrorCode.INCOMPATIBLE_BASE, "was made for base elsewhere"):
+    with refused(ErrorCode.INCOMPATIBLE_BASE, "was made for base elsewhere"):
         registry.publish(copy, "legal", tiny_base)
 
 
@@ -267,7 +258,7 @@ def test_checksum_mismatch_against_the_manifest_is_refused(
     config = json.loads((exported / "adapter_config.json").read_text())
     (exported / "adapter_config.json").write_text(json.dumps({**config, "inference_mode": False}))
     blobs_before = _blob_count(home)
-    with _error(ErrorCode.INTEGRITY, "checksum of adapter_config.json does not match"):
+    with refused(ErrorCode.INTEGRITY, "checksum of adapter_config.json does not match"):
         registry.publish(exported, "copy", tiny_base)
     assert [a.name for a in registry.list_adapters()] == ["legal"]
     assert _blob_count(home) == blobs_before
@@ -278,7 +269,7 @@ def test_invalid_manifest_names_the_problem(
 ) -> None:
     copy = shutil.copytree(lora_dir, tmp_path / "bad-manifest")
     (copy / MANIFEST_FILE).write_text(json.dumps({"metrics": {"loss": "low"}}))
-    with _error(ErrorCode.INVALID_MANIFEST, "metrics.loss"):
+    with refused(ErrorCode.INVALID_MANIFEST, "metrics.loss"):
         registry.publish(copy, "legal", tiny_base)
 
 
@@ -299,7 +290,7 @@ def test_export_round_trips_and_republishes(
     assert copy.routing_examples == ["what is a tort?"] and copy.metrics == {"eval_loss": 1.5}
     assert copy.parent == "legal:1"
     assert registry.resolve("legal-copy").parent == "legal:1"
-    with _error(ErrorCode.ALREADY_EXISTS, "not empty"):
+    with refused(ErrorCode.ALREADY_EXISTS, "not empty"):
         registry.export("legal", out)
 
 
@@ -321,7 +312,7 @@ def test_lineage_parent_and_mixture_components(
     )
     mix = registry.publish(lora_dir, "mix-abc", tiny_base, draft=draft)
     assert [(c.ref, c.weight) for c in mix.components] == [("math:2", 0.7), ("code:1", 0.3)]
-    with _error(ErrorCode.NOT_FOUND, "no adapter named 'ghost'"):
+    with refused(ErrorCode.NOT_FOUND, "no adapter named 'ghost'"):
         registry.publish(lora_dir, "math", tiny_base, parent="ghost")
     assert registry.resolve("math").version == 2  # the refused publish left nothing
 
@@ -332,13 +323,13 @@ def test_delete_is_soft_and_refused_while_aliased(
     registry.publish(lora_dir, "legal", tiny_base)
     registry.publish(lora_dir_2, "legal", tiny_base)
     registry.set_alias("legal", "canary", 2)
-    with _error(ErrorCode.CONFLICT, "canary"):
+    with refused(ErrorCode.CONFLICT, "canary"):
         registry.delete("legal:2")
     registry.remove_alias("legal", "canary")
     deleted = registry.delete("legal:2")
     assert deleted.deleted
     assert registry.resolve("legal").version == 1
-    with _error(ErrorCode.NOT_FOUND, "legal:2 was deleted"):
+    with refused(ErrorCode.NOT_FOUND, "legal:2 was deleted"):
         registry.resolve("legal:2")
     assert [v.version for v in registry.list_versions("legal")] == [1]
     history = registry.list_versions("legal", include_deleted=True)
@@ -374,7 +365,7 @@ def test_verify_and_checkout_refuse_corrupted_or_missing_files(
     # The earlier checkout is re-hashed against the manifest, then rebuilt from the blob,
     # which is corrupted too: the version is refused, not handed out.
     (path / "adapter_model.safetensors").write_bytes(b"tampered")
-    with _error(ErrorCode.INTEGRITY, "legal:1 cannot be used"):
+    with refused(ErrorCode.INTEGRITY, "legal:1 cannot be used"):
         registry.checkout("legal")
 
     registry.publish(lora_dir, "legal", tiny_base)  # the same content again heals the blob
@@ -418,7 +409,7 @@ def test_concurrent_checkouts_all_get_whole_verified_files(
 
 
 def test_list_versions_of_unknown_adapter(registry: Registry) -> None:
-    with _error(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
+    with refused(ErrorCode.NOT_FOUND, "no adapter named 'nope'"):
         registry.list_versions("nope")
 
 
@@ -429,12 +420,12 @@ def test_base_models_get_by_path_and_refuse_non_models(
     info = bases.get(str(tiny_base_dir))
     assert info.fingerprint.startswith("sha256:") and info.source == "path"
     assert bases.get(str(tiny_base_dir)).fingerprint == info.fingerprint
-    with _error(ErrorCode.NOT_FOUND, "not a Hugging Face model directory"):
+    with refused(ErrorCode.NOT_FOUND, "not a Hugging Face model directory"):
         bases.get(str(tmp_path))
-    with _error(ErrorCode.NOT_FOUND, "not a cached base (cached: none) nor a model directory"):
+    with refused(ErrorCode.NOT_FOUND, "not a cached base (cached: none) nor a model directory"):
         bases.get("smollm2-135m-instruct")
     # The registry only looks up; the layer that knows how to obtain a base says how.
-    with _error(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
+    with refused(ErrorCode.NOT_FOUND, "switchboard base pull smollm2-135m-instruct"):
         get_or_hint(bases, "smollm2-135m-instruct")
 
 
@@ -456,7 +447,7 @@ def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_ch
         old_switchboard.setattr(adapter_dir, "tensor_magnitudes", unread)
         registry.publish(nan, "old", tiny_base)
     results = {r.ref: r for r in registry.verify(bases=[tiny_base])}
-    assert results["legal:1"].ok and not results["legal:1"].notes
+    assert results["legal:1"].ok and not (results["legal:1"].repaired or results["legal:1"].notes)
     assert not results["old:1"].ok and "non-finite" in results["old:1"].problems[0]
 
     _, path = registry.checkout("legal")
@@ -464,7 +455,7 @@ def test_verify_reports_versions_the_engines_cannot_load_and_restores_damaged_ch
     original = weights.read_bytes()
     weights.write_bytes(original[:-4] + b"\x00\x00\x80\x7f")  # same size, lora_B overwritten
     [result] = registry.verify("legal", [tiny_base])
-    assert result.ok and "restored" in result.notes[0]
+    assert result.ok and "restored" in result.repaired[0]
     assert weights.read_bytes() == original
     assert good.served_name == path.name
 
@@ -473,7 +464,7 @@ def test_the_mix_prefix_is_reserved_and_only_mixes_are_purged(
     registry: Registry, tiny_base: BaseModelInfo, lora_dir: Path, lora_dir_2: Path
 ) -> None:
     """Issue 15 item 9: a hand publish could take a `mix-` name."""
-    with _error(ErrorCode.INVALID_NAME, "reserved for the mixes"):
+    with refused(ErrorCode.INVALID_NAME, "reserved for the mixes"):
         registry.publish(lora_dir, "mix-0123456789ab", tiny_base)
     registry.publish(lora_dir, "legal", tiny_base)
     registry.publish(lora_dir_2, "medical", tiny_base)
@@ -482,10 +473,10 @@ def test_the_mix_prefix_is_reserved_and_only_mixes_are_purged(
     )
     mix = registry.publish(lora_dir, "mix-0123456789ab", tiny_base, draft=draft)
     _, checkout = registry.checkout(mix.ref)
-    with _error(ErrorCode.CONFLICT, "not a derived version"):
+    with refused(ErrorCode.CONFLICT, "not a derived version"):
         registry.purge("legal:1")
     registry.set_alias(mix.name, "pinned", 1)
-    with _error(ErrorCode.CONFLICT, "an alias"):
+    with refused(ErrorCode.CONFLICT, "an alias"):
         registry.purge(mix.ref)
     registry.remove_alias(mix.name, "pinned")
     registry.purge(mix.ref)
@@ -513,8 +504,8 @@ def test_export_refuses_odd_destinations_with_a_reason(
         dest.symlink_to(tmp_path / "missing")
     if where == "link-to-empty":
         dest.symlink_to(empty)
-    with pytest.raises(SwitchboardError) as refused:
+    with pytest.raises(SwitchboardError) as failed:
         registry.export("legal", dest)
-    assert refused.value.code == ErrorCode.INVALID_INPUT
-    assert str(dest) in refused.value.message
+    assert failed.value.code == ErrorCode.INVALID_INPUT
+    assert str(dest) in failed.value.message
     assert list(empty.iterdir()) == []

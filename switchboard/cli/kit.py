@@ -16,24 +16,17 @@ if TYPE_CHECKING:
 
 JSON_OUTPUT = "switchboard.json"  # key in click's context meta, shared by nested contexts
 
-
-def _remember_json(ctx: typer.Context, value: bool) -> bool:
-    if value:  # the root command prints errors as JSON too when a command asked for JSON
-        ctx.meta[JSON_OUTPUT] = True
-    return value
-
-
 JsonFlag = Annotated[
     bool,
-    typer.Option("--json", help="Print one JSON document for scripts.", callback=_remember_json),
+    typer.Option("--json", help="Print one JSON document for scripts."),
 ]
 
 
 def settings_of(ctx: typer.Context) -> Settings:
-    from switchboard_lora.settings import Settings
+    from switchboard_lora.settings import Settings, from_environment
 
     settings = ctx.find_root().obj
-    return settings if isinstance(settings, Settings) else Settings()
+    return settings if isinstance(settings, Settings) else from_environment()
 
 
 def open_registry(ctx: typer.Context) -> Registry:

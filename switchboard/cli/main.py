@@ -38,7 +38,13 @@ EXIT_CODES = {
 
 class _Root(TyperGroup):
     """Turns a SwitchboardError from any command into its message and exit status; as JSON
-    too when the command was given `--json` (known from the parsed flag, see `kit`)."""
+    too when the command was given `--json` (seen in the arguments before any is parsed, so
+    that an error of the settings, read before the command's own flags, is JSON too)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        flags = args[: args.index("--")] if "--" in args else args
+        ctx.meta[JSON_OUTPUT] = "--json" in flags
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
         from sqlalchemy.exc import DBAPIError
@@ -89,9 +95,9 @@ def root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from switchboard_lora.settings import Settings
+    from switchboard_lora.settings import from_environment
 
-    settings = Settings()  # the environment (SWITCHBOARD_*), then flags on top
+    settings = from_environment()  # the environment (SWITCHBOARD_*), then flags on top
     if home is not None:
         settings.home = home
     if database_url is not None:

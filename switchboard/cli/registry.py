@@ -177,7 +177,8 @@ def verify(
                         "ref": r.ref,
                         "ok": r.ok,
                         "problems": list(r.problems),
-                        "repaired": list(r.notes),
+                        "repaired": list(r.repaired),
+                        "notes": list(r.notes),
                     }
                     for r in results
                 ],
@@ -186,7 +187,7 @@ def verify(
         )
     else:
         for r in results:
-            for note in r.notes:
+            for note in r.repaired + r.notes:
                 typer.echo(f"{r.ref}: {note}", err=True)
         for r in bad:
             typer.echo(f"{r.ref}: {'; '.join(r.problems)}", err=True)
