@@ -42,7 +42,7 @@ def from_environment() -> Settings:
 
 
 def _variable(field: str, value: object) -> str:
-    """`SWITCHBOARD_NAME='value'`, the value cut short, and never a key's."""
+    """The variable and its value (cut short; never a key's)."""
     if "key" in field:
         return f"{PREFIX}{field.upper()}"
     text = repr(value)
