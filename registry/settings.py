@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from switchboard_lora.registry.bases import DEFAULT_BASE
+from switchboard_lora.registry.blobs.base import DEFAULT_TIMEOUT_S
 
 
 class RegistrySettings(BaseModel):
@@ -35,7 +36,7 @@ class RegistrySettings(BaseModel):
         '"http://127.0.0.1:9000", "allow_http": "true"}',
     )
     blob_timeout_s: float = Field(
-        default=30.0,
+        default=DEFAULT_TIMEOUT_S,
         gt=0,
         description="an object store silent this long is retried, then unavailable (a 503 "
         "naming it): a call fails within about twice this",

@@ -254,7 +254,7 @@ class Router:
         with self._lock:
             index = self._index
             if index is None:  # nothing to serve meanwhile: build it now
-                index = self._install(self._build(state, None), state)
+                index = self._install(self._build(None), state)
             if state == self._state or state == self._failed:
                 return index
             if self._refit is None:
@@ -281,7 +281,7 @@ class Router:
                 return index
             refit.join()
 
-    def _build(self, state: Hashable, previous: _Index | None) -> _Index:
+    def _build(self, previous: _Index | None) -> _Index:
         routes = self.source.load(self.scores_key)
         return _Index(routes, self.cache, self.method, previous)
 
@@ -294,7 +294,7 @@ class Router:
     def _refit_to(self, state: Hashable, previous: _Index) -> None:
         started = time.perf_counter()
         try:
-            index = self._build(state, previous)
+            index = self._build(previous)
         except Exception:  # the previous fit keeps serving; the next change tries again
             log.exception("router refit failed: the previous fit keeps routing")
             with self._lock:

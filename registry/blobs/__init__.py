@@ -15,14 +15,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from switchboard_lora.registry.blobs.base import BlobStore, StoredBlob, integrity
+from switchboard_lora.registry.blobs.base import (
+    DEFAULT_TIMEOUT_S,
+    BlobStore,
+    StoredBlob,
+    integrity,
+)
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 __all__ = ["BlobStore", "StoredBlob", "integrity", "open_blob_store"]
 
 
 def open_blob_store(
-    url: str | None, home: Path, options: Mapping[str, str] = {}, timeout_s: float = 30.0
+    url: str | None,
+    home: Path,
+    options: Mapping[str, str] = {},
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> BlobStore:
     """The store a registry's blob URL names: none or `file://…` is a local folder (default
     `home/blobs`), `s3://bucket/prefix` an object store (each call bounded by `timeout_s`)."""

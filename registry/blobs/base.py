@@ -8,6 +8,10 @@ from typing import Protocol
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
+# Seconds an object store may stay silent before a call is retried (and, retries included,
+# fails as unavailable): the registry setting's default.
+DEFAULT_TIMEOUT_S = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class StoredBlob:

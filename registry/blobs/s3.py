@@ -18,17 +18,17 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from switchboard_lora.registry.blobs.base import StoredBlob, integrity
+from switchboard_lora.registry.blobs.base import DEFAULT_TIMEOUT_S, StoredBlob, integrity
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.registry.tensors import sha256_file
 
 log = logging.getLogger(__name__)
 _CHUNK = 8 << 20
-DEFAULT_TIMEOUT_S = 30.0
 _UPLOAD = "multipart-upload:"  # the key of an unfinished upload in `stored()`: marker, key, id
 
 
@@ -186,7 +186,7 @@ class S3BlobStore:
             object_key, _, upload_id = key.removeprefix(_UPLOAD).partition("?")
             with self._reaching(f"to abort the upload of {object_key}"):
                 bucket, _ = self._bucket()
-                self._s3().abort_multipart_upload(Bucket=bucket, Key=object_key, UploadId=upload_id)
+                self._s3.abort_multipart_upload(Bucket=bucket, Key=object_key, UploadId=upload_id)
             return
         with self._reaching(f"to delete {key[:12]}…"):
             obstore.delete(self._store, self._key(key))
@@ -199,9 +199,10 @@ class S3BlobStore:
         prefix = parts.path.strip("/")
         return parts.netloc, f"{prefix}/sha256/" if prefix else "sha256/"
 
+    @cached_property
     def _s3(self) -> Any:
-        """A boto3 client for the same bucket: explicit options first, else the `AWS_*`
-        environment boto3 reads itself."""
+        """A boto3 client for the same bucket (made once, on first use): explicit options
+        first, else the `AWS_*` environment boto3 reads itself."""
         import boto3
         from botocore.config import Config
 
@@ -220,18 +221,18 @@ class S3BlobStore:
 
     def _unfinished(self) -> list[StoredBlob]:
         bucket, prefix = self._bucket()
-        client = self._s3()
+        client = self._s3
         found = []
-        pages = client.get_paginator("list_multipart_uploads").paginate(
+        uploads = client.get_paginator("list_multipart_uploads").paginate(
             Bucket=bucket, Prefix=prefix
         )
-        for page in pages:
-            for upload in page.get("Uploads", []):
+        for listing in uploads:
+            for upload in listing.get("Uploads", []):
                 key, upload_id = upload["Key"], upload["UploadId"]
-                pages = client.get_paginator("list_parts").paginate(
+                part_pages = client.get_paginator("list_parts").paginate(
                     Bucket=bucket, Key=key, UploadId=upload_id
                 )
-                parts = [part for page in pages for part in page.get("Parts", [])]
+                parts = [part for page in part_pages for part in page.get("Parts", [])]
                 # Its age is that of its last sign of life: an upload still sending parts
                 # is in flight, however long ago it began.
                 active = max(
