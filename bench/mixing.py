@@ -35,8 +35,7 @@ from bench._common import HomeOption, default_base
 from bench.router_sets import Tasks
 from support.paths import DATA
 from switchboard_lora.demo import FULL, ensure_adapters
-from switchboard_lora.demo_data import BIGBENCH
-from switchboard_lora.pypi import download
+from switchboard_lora.demo_data import bigbench_sdist
 from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
 from switchboard_lora.registry.route_store import BASE_ROUTE
 from switchboard_lora.router.decision import Policy
@@ -188,7 +187,7 @@ def main(
 ) -> None:
     settings = RegistrySettings() if home is None else RegistrySettings(home=home)
     base = default_base(home)
-    tasks = Tasks(sdist or download(BIGBENCH, settings.home_dir / "cache", sdist=True))
+    tasks = Tasks(sdist or bigbench_sdist(settings.home_dir))
     scratch = settings.home_dir / "bench" / "mixing"  # reused: the adapters train once
     scratch.mkdir(parents=True, exist_ok=True)
     results = measure(base, scratch, request_sets(tasks, per_set))

@@ -33,7 +33,8 @@
   makes.
 `--encoder NAME|DIR` and `--encoder-device cuda` run every part but `encoders` with another
 encoder, or on a GPU.
-Data: the `bigbench` sdist from PyPI (358 MB, downloaded once into $SWITCHBOARD_HOME/cache).
+Data: the `bigbench` 1.0.0 sdist (358 MB): `--sdist FILE`, or pip downloads it once into
+$SWITCHBOARD_HOME/downloads where its index still has it.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ from bench.router_sets import (
     request_from,
 )
 from bench.router_volume import print_volume, volume
-from switchboard_lora.demo_data import BIGBENCH
-from switchboard_lora.pypi import download
+from switchboard_lora.demo_data import bigbench_sdist
 from switchboard_lora.registry import Registry, RegistrySettings
 from switchboard_lora.router.decision import Policy
 from switchboard_lora.router.encoder import Encoder
@@ -569,7 +569,7 @@ def main(
     path = pulled_encoder(encoder_name, home)
     results: dict[str, Any] = {"encoder": str(path), "encoder_device": encoder_device}
     if part in ("all", "cross", "intents", "loop", "scale", "encoders"):
-        tasks = Tasks(sdist or download(BIGBENCH, cache / "cache", sdist=True))
+        tasks = Tasks(sdist or bigbench_sdist(cache))
         encoder = MemoEncoder(path, encoder_device)
         if part in ("all", "cross"):
             results["cross"] = cross_source(encoder, tasks, out)

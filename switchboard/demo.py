@@ -95,8 +95,7 @@ def demo_requests(data: Path) -> list[DemoRequest]:
 
 def find_data(data: Path | None, settings: ServerSettings, say: Say) -> Path:
     """`data` if given; else ./data when it holds the demo domains; else build it in home."""
-    from switchboard_lora.demo_data import BIGBENCH, build
-    from switchboard_lora.pypi import download
+    from switchboard_lora.demo_data import bigbench_sdist, build
 
     def complete(folder: Path) -> bool:
         files = [folder / d / "train.jsonl" for d in DOMAINS]
@@ -114,7 +113,7 @@ def find_data(data: Path | None, settings: ServerSettings, say: Say) -> Path:
             return folder
     folder = settings.home_dir / "data"
     say(f"building the demo data in {folder} (BIG-bench sdist, 358 MB, once)")
-    build(folder, download(BIGBENCH, settings.home_dir / "downloads", sdist=True))
+    build(folder, bigbench_sdist(settings.home_dir))
     return folder
 
 

@@ -33,6 +33,24 @@ DOMAINS = ("math", "sql", "science", "code", "dialogue")
 Row = dict[str, Any]
 
 
+def bigbench_sdist(home: Path) -> Path:
+    """The BIG-bench sdist, downloaded by pip once into `home`/downloads.
+
+    PyPI served it (358 MB) until late 2026; an index that has since lost it leaves the user a
+    copy of their own to give (`--sdist FILE`), which the error says.
+    """
+    from switchboard_lora.pypi import download
+
+    try:
+        return download(BIGBENCH, home / "downloads", sdist=True)
+    except SwitchboardError as e:
+        raise SwitchboardError(
+            e.code,
+            f"{e.message}\nwhere pip cannot download it, give a copy of bigbench-1.0.0.tar.gz "
+            "as --sdist FILE (`switchboard data build` and the benchmarks take it)",
+        ) from None
+
+
 def _chat(user: str, assistant: str) -> Row:
     return {
         "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]

@@ -23,11 +23,10 @@ def data_build(
     as_json: JsonFlag = False,
 ) -> None:
     """Build the demo domains (math, sql, science, code, dialogue) and a general-text sample."""
-    from switchboard_lora.demo_data import BIGBENCH, build
-    from switchboard_lora.pypi import download
+    from switchboard_lora.demo_data import bigbench_sdist, build
 
     with busy("building demo data (BIG-bench sdist, 358 MB, once)…"):
-        archive = sdist or download(BIGBENCH, settings_of(ctx).home_dir / "downloads", sdist=True)
+        archive = sdist or bigbench_sdist(settings_of(ctx).home_dir)
         counts = build(out, archive)
     emit(
         {"out": str(out), "domains": counts},
