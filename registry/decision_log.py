@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.orm import Session
 
 from switchboard_lora.registry.db import as_utc
@@ -27,6 +27,9 @@ from switchboard_lora.registry.schema import RouteDecisionRow
 # route's score from the runner-up's, whichever is nearer) is below this is "uncertain".
 UNCERTAIN_MARGIN = 0.2
 _SCORES_KEPT = 8
+ActivityRow = tuple[str, str, int, int]  # hour, route, decisions, uncertain ones
+_ClosedHours = tuple[datetime, datetime, float, list[ActivityRow]]  # from, until, at, rows
+_CLOSED_HOURS_KEPT_S = 300.0  # how long counts of ended hours are reused before a recount
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,15 @@ class LoggedDecision:
         }
 
 
+def _utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _hour_key(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H")
+
+
 def _logged(row: RouteDecisionRow) -> LoggedDecision:
     return LoggedDecision(
         row.id,
@@ -77,6 +89,7 @@ class DecisionLog:
         self._engine = engine
         self._writer = writer
         self._routes = routes
+        self._closed_hours: _ClosedHours | None = None  # activity's counts of ended hours
 
     def record(
         self,
@@ -110,9 +123,12 @@ class DecisionLog:
         since: datetime | None = None,
         labelled: bool = False,
         limit: int = 50,
+        route: str | None = None,
+        newest: bool = False,
     ) -> list[LoggedDecision]:
-        """Logged decisions, most uncertain first (smallest margin; unknown margins last);
-        unlabelled ones unless `labelled`."""
+        """Logged decisions, most uncertain first (smallest margin; unknown margins last) or
+        `newest` first; unlabelled ones unless `labelled`; only those routed to `route` if
+        given."""
         if limit < 1:
             raise SwitchboardError(ErrorCode.INVALID_INPUT, "limit must be at least 1")
         query = select(RouteDecisionRow)
@@ -120,13 +136,53 @@ class DecisionLog:
             query = query.where(RouteDecisionRow.label.is_(None))
         if uncertain:
             query = query.where(RouteDecisionRow.margin < UNCERTAIN_MARGIN)
-        if since is not None:  # a time without a zone is UTC
-            since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
-            query = query.where(RouteDecisionRow.created_at >= since)
-        unknown_last = RouteDecisionRow.margin.is_(None)
-        query = query.order_by(unknown_last, RouteDecisionRow.margin, RouteDecisionRow.id)
+        if since is not None:
+            query = query.where(RouteDecisionRow.created_at >= _utc(since))
+        if route is not None:
+            query = query.where(RouteDecisionRow.route == validate_route(route))
+        if newest:
+            query = query.order_by(RouteDecisionRow.id.desc())
+        else:
+            unknown_last = RouteDecisionRow.margin.is_(None)
+            query = query.order_by(unknown_last, RouteDecisionRow.margin, RouteDecisionRow.id)
         with Session(self._engine) as session:
             return [_logged(r) for r in session.scalars(query.limit(limit))]
+
+    def activity(self, since: datetime) -> list[ActivityRow]:
+        """Decisions per hour (UTC, "YYYY-MM-DD HH") and route from the hour `since` falls in:
+        (hour, route, decisions, uncertain ones), oldest first. Counted by the database.
+
+        Decisions are only ever appended, stamped with the time they were logged, so an hour
+        that has ended keeps its counts: those are kept for `_CLOSED_HOURS_KEPT_S` and only
+        the hours since are counted again (a console page asks every few seconds)."""
+        start = _utc(since).replace(minute=0, second=0, microsecond=0)
+        now = datetime.now(UTC)
+        this_hour = now.replace(minute=0, second=0, microsecond=0)
+        kept = self._closed_hours
+        fresh = kept is not None and now.timestamp() - kept[2] < _CLOSED_HOURS_KEPT_S
+        if kept is not None and fresh and kept[0] <= start and kept[1] == this_hour:
+            closed = [row for row in kept[3] if row[0] >= _hour_key(start)]
+            return closed + self._count(this_hour)
+        rows = self._count(start)
+        closed = [row for row in rows if row[0] < _hour_key(this_hour)]
+        self._closed_hours = (start, this_hour, now.timestamp(), closed)
+        return rows
+
+    def _count(self, start: datetime) -> list[ActivityRow]:
+        created = RouteDecisionRow.created_at
+        if self._engine.dialect.name == "postgresql":
+            hour: Any = func.to_char(func.timezone("UTC", created), "YYYY-MM-DD HH24")
+        else:  # SQLite keeps UTC times as ISO text
+            hour = func.substr(created, 1, 13)
+        uncertain = func.sum(case((RouteDecisionRow.margin < UNCERTAIN_MARGIN, 1), else_=0))
+        query = (
+            select(hour.label("hour"), RouteDecisionRow.route, func.count(), uncertain)
+            .where(created >= start)
+            .group_by("hour", RouteDecisionRow.route)
+            .order_by("hour", RouteDecisionRow.route)
+        )
+        with self._engine.connect() as conn:
+            return [(str(h), r, int(n), int(u or 0)) for h, r, n, u in conn.execute(query)]
 
     def get(self, decision_id: int) -> LoggedDecision:
         with Session(self._engine) as session:

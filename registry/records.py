@@ -45,6 +45,18 @@ class VersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionDetail:
+    """A version with what an operator's overview adds to its listing: stored bytes, the
+    base's name, the training metrics and description from its manifest."""
+
+    info: VersionInfo
+    size: int
+    base_id: str
+    metrics: dict[str, float]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class AdapterSummary:
     name: str
     versions: int

@@ -7,6 +7,7 @@ transaction, so a publish killed at any point leaves no visible version.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -44,7 +45,12 @@ from switchboard_lora.registry.manifest import (
     tool_versions,
 )
 from switchboard_lora.registry.migrate import ensure_schema
-from switchboard_lora.registry.records import AdapterSummary, VerifyResult, VersionInfo
+from switchboard_lora.registry.records import (
+    AdapterSummary,
+    VerifyResult,
+    VersionDetail,
+    VersionInfo,
+)
 from switchboard_lora.registry.refs import MIX_PREFIX, AdapterRef, served_name, validate_name
 from switchboard_lora.registry.route_store import RouteStore
 from switchboard_lora.registry.schema import AdapterRow, AliasRow, ComponentRow, FileRow, VersionRow
@@ -265,6 +271,43 @@ class Registry:
         for version_id, alias in alias_rows:
             by_version.setdefault(version_id, []).append(alias)
         return [queries.to_info(r, tuple(by_version.get(r.id, ()))) for r in rows]
+
+    def catalogue(self) -> list[VersionDetail]:
+        """Every live version, by adapter and version, with its stored size, base and training
+        metrics: three statements, whatever the number of versions (the console's overview)."""
+        sizes = (
+            select(FileRow.version_id, func.sum(FileRow.size).label("size"))
+            .group_by(FileRow.version_id)
+            .subquery()
+        )
+        query = (
+            queries.info_query()
+            .add_columns(VersionRow.manifest, func.coalesce(sizes.c.size, 0).label("size"))
+            .outerjoin(sizes, sizes.c.version_id == VersionRow.id)
+            .where(VersionRow.deleted_at.is_(None))
+            .order_by(AdapterRow.name, VersionRow.version)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+            alias_rows = conn.execute(
+                select(AliasRow.version_id, AliasRow.alias).order_by(AliasRow.alias)
+            ).all()
+        aliases: dict[int, list[str]] = {}
+        for version_id, alias in alias_rows:
+            aliases.setdefault(version_id, []).append(alias)
+        details = []
+        for row in rows:
+            manifest = json.loads(row.manifest)  # a stored manifest was validated at publish
+            details.append(
+                VersionDetail(
+                    queries.to_info(row, tuple(aliases.get(row.id, ()))),
+                    int(row.size),
+                    str(manifest.get("base", {}).get("id", "")),
+                    dict(manifest.get("metrics", {})),
+                    str(manifest.get("description", "")),
+                )
+            )
+        return details
 
     # ---- aliases and deletion -------------------------------------------------------------
 

@@ -4,6 +4,7 @@ real base with the transformers+PEFT engine and real LoRA adapters from the regi
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +170,28 @@ def test_mix_models_health_and_metrics(
     assert chosen["device"] == str(torch_device("auto"))  # SWITCHBOARD_DEVICE's default
     metrics = http.get("/metrics").text
     assert 'switchboard_requests_total{adapter="sql:1",decision="adapter"}' in metrics
+
+
+def _metric(http: TestClient, name: str, adapter: str) -> float:
+    pattern = rf'{name}{{adapter="{adapter}",decision="[^"]+"}} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, http.get("/metrics").text))
+
+
+def test_a_stream_times_its_first_token_per_adapter(
+    client: openai.OpenAI, http: TestClient
+) -> None:
+    first_tokens = "switchboard_first_token_seconds_count"
+    before = _metric(http, first_tokens, "math:1")
+    plain = _metric(http, "switchboard_requests_total", "math:1")
+    chat(client, "math:1", "What is 2 + 2?")  # a whole answer: no first token to time
+    assert _metric(http, first_tokens, "math:1") == before
+    stream = client.chat.completions.create(
+        model="math:1", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+    )
+    assert [c for c in stream]
+    assert _metric(http, first_tokens, "math:1") == before + 1
+    assert _metric(http, "switchboard_requests_total", "math:1") == plain + 2
+    assert _metric(http, "switchboard_request_errors_total", "math:1") == 0
 
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(

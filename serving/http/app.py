@@ -6,6 +6,7 @@ lifespan builds the registry, router and engine once (`build`); tests hand in th
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from switchboard_lora.serving.build import build_service
 from switchboard_lora.serving.http import admin, openai_api, probes, vllm_lora
 from switchboard_lora.serving.http.body_limit import BodyLimit
+from switchboard_lora.serving.http.console.pages import install_console
 from switchboard_lora.serving.http.docs_pages import install_docs
 from switchboard_lora.serving.http.errors import install_error_handlers
 from switchboard_lora.serving.http.metrics import Metrics
@@ -50,6 +52,9 @@ def create_app(settings: ServerSettings, *, service: Service | None = None) -> F
     install_docs(app, behind_keys=keyed and not settings.open_docs)
     for routes in (probes.router, openai_api.router, admin.router, vllm_lora.router):
         app.include_router(routes)
+    app.state.console_secret = secrets.token_bytes(32)  # signs the console's form tokens
+    app.state.console_checks = {}  # ref -> the console's last verify of it
+    install_console(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     limits: dict[str, RateLimit] = {}  # by path
     if settings.requests_per_minute:

@@ -20,12 +20,12 @@ def _presented(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _keys(request: Request) -> tuple[frozenset[str], frozenset[str]]:
+def configured_keys(request: Request) -> tuple[frozenset[str], frozenset[str]]:
     """(client keys, admin keys) as configured; both empty: the API is open."""
     return request.app.state.client_keys, request.app.state.admin_keys
 
 
-def _holds(token: str | None, keys: Iterable[str]) -> bool:
+def holds(token: str | None, keys: Iterable[str]) -> bool:
     # compare_digest on every key: the time taken says nothing about which key was close.
     # As bytes: it refuses non-ASCII str, and a header may carry any (Latin-1) character.
     presented = (token or "").encode("utf-8", "surrogateescape")
@@ -35,22 +35,22 @@ def _holds(token: str | None, keys: Iterable[str]) -> bool:
 
 async def check_key(request: Request) -> None:
     # Dependencies are async, though they never wait: FastAPI runs a sync one in a thread.
-    clients, admins = _keys(request)
-    if (clients or admins) and not _holds(_presented(request), clients | admins):
+    clients, admins = configured_keys(request)
+    if (clients or admins) and not holds(_presented(request), clients | admins):
         raise SwitchboardError(
             ErrorCode.UNAUTHORIZED, "a valid API key is required: Authorization: Bearer KEY"
         )
 
 
 def is_admin(request: Request) -> bool:
-    clients, admins = _keys(request)
-    return not (clients or admins) or _holds(_presented(request), admins)
+    clients, admins = configured_keys(request)
+    return not (clients or admins) or holds(_presented(request), admins)
 
 
 def client_id(request: Request) -> str | None:
     """Who is asking, as the registry may store it: the presented key's sha256 (never the
     key itself); None while no keys are configured (everyone is everyone)."""
-    clients, admins = _keys(request)
+    clients, admins = configured_keys(request)
     token = _presented(request)
     if not (clients or admins) or token is None:
         return None

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 _LABELS = ("adapter", "decision")
 
 
+def _labels(served: Served) -> tuple[str, str]:
+    return (served.version.ref if served.version else "base", served.decision.kind)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,13 +44,33 @@ class Metrics:
         self.completion_tokens = Counter(
             "switchboard_completion_tokens", "Generated tokens", _LABELS, registry=self.registry
         )
+        self.first_token = Histogram(
+            "switchboard_first_token_seconds",
+            "Time from accepted request to the first streamed token",
+            _LABELS,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "switchboard_request_errors",
+            "Accepted generation requests that failed",
+            _LABELS,
+            registry=self.registry,
+        )
 
     def observe(self, served: Served, seconds: float, generation: Generation) -> None:
-        labels = (served.version.ref if served.version else "base", served.decision.kind)
+        labels = _labels(served)
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
         self.prompt_tokens.labels(*labels).inc(generation.prompt_tokens)
         self.completion_tokens.labels(*labels).inc(len(generation.token_ids))
+
+    def started(self, served: Served, seconds: float) -> None:
+        """A stream's first token, `seconds` after the request was accepted."""
+        self.first_token.labels(*_labels(served)).observe(seconds)
+
+    def failed(self, served: Served) -> None:
+        self.errors.labels(*_labels(served)).inc()
 
     def watch(self, collector: Collector) -> None:
         """An engine's own collector, read at each scrape."""

@@ -34,6 +34,7 @@ from switchboard_lora.serving.http.schemas import (
     FeedbackRequest,
 )
 from switchboard_lora.serving.http.streaming import stream
+from switchboard_lora.serving.served import Served
 from switchboard_lora.serving.service import Prompt, Service
 
 T = TypeVar("T")
@@ -122,29 +123,46 @@ async def _answer(
         prompt_logprobs=body.prompt_logprobs,
         tokens_as_ids=bool(body.return_tokens_as_token_ids),
     )
-    metrics: Metrics = request.app.state.metrics
-    started = time.perf_counter()
-
-    async def observe(generation: Generation) -> None:
-        """Metrics for every answer; the exposure record of an answer an arm served."""
-        seconds = time.perf_counter() - started
-        metrics.observe(served, seconds, generation)
-        if served.arm is not None:  # a trip to the database only for what an arm served
-            await asyncio.to_thread(
-                service.arms.expose, reply.ident, served, seconds, generation, client_id(request)
-            )
-
+    watch = _Watch(request, service, served, reply)
     headers = header_value(served)
     if body.stream:  # one prompt, one sample (the schema refuses more)
-        events = stream(service, generation_requests[0], reply, observe)
+        events = stream(service, generation_requests[0], reply, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     work = asyncio.gather(*(service.generate(r) for r in generation_requests))
-    generations = await _unless_disconnected(request, work)
+    try:
+        generations = await _unless_disconnected(request, work)
+    except Exception:
+        watch.failed()
+        raise
     if generations is None:  # nobody is waiting for an answer
         return Response(status_code=499)
-    await observe(_whole(generations, body.n))
+    await watch.finished(_whole(generations, body.n))
     tokens = service.engine.tokens
     return JSONResponse(completion_body(reply, generations, tokens), headers=headers)
+
+
+class _Watch:
+    """One accepted request's metrics; the exposure record of an answer an arm served."""
+
+    def __init__(self, request: Request, service: Service, served: Served, reply: Reply) -> None:
+        self.request, self.service, self.served, self.reply = request, service, served, reply
+        self.metrics: Metrics = request.app.state.metrics
+        self.began = time.perf_counter()
+
+    def started(self) -> None:
+        self.metrics.started(self.served, time.perf_counter() - self.began)
+
+    def failed(self) -> None:
+        self.metrics.failed(self.served)
+
+    async def finished(self, generation: Generation) -> None:
+        seconds = time.perf_counter() - self.began
+        self.metrics.observe(self.served, seconds, generation)
+        if self.served.arm is not None:  # a trip to the database only for what an arm served
+            who = client_id(self.request)
+            await asyncio.to_thread(
+                self.service.arms.expose, self.reply.ident, self.served, seconds, generation, who
+            )
 
 
 def _whole(generations: list[Generation], n: int) -> Generation:

@@ -8,26 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from switchboard_lora.serving.engines.interface import Generation, GenerationRequest
 from switchboard_lora.serving.http.errors import error_event
 from switchboard_lora.serving.http.openai_format import Reply, stream_chunk, usage_chunk
 from switchboard_lora.serving.service import Service
 
-Observe = Callable[[Generation], Awaitable[None]]
+
+class Watch(Protocol):
+    """What a request's metrics and exposure record hear of it."""
+
+    def started(self) -> None: ...  # the first token came
+
+    def failed(self) -> None: ...
+
+    async def finished(self, generation: Generation) -> None: ...
 
 
 async def stream(
-    service: Service, generation_request: GenerationRequest, reply: Reply, observe: Observe
+    service: Service, generation_request: GenerationRequest, reply: Reply, watch: Watch
 ) -> AsyncIterator[str]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     task = asyncio.ensure_future(service.generate(generation_request, queue.put_nowait))
     try:
         yield stream_chunk(reply, None, None, first=True)
-        async for chunk in _chunks(service, generation_request, reply, task, queue, observe):
+        async for chunk in _chunks(service, generation_request, reply, task, queue, watch):
             yield chunk
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI's
+        watch.failed()
         yield f"data: {json.dumps(error_event(exc))}\n\n"
         return
     finally:  # done, or the client left (the server closed this generator): stop its work
@@ -41,7 +51,7 @@ async def _chunks(
     reply: Reply,
     task: asyncio.Future[Generation],
     queue: asyncio.Queue[int],
-    observe: Observe,
+    watch: Watch,
 ) -> AsyncIterator[str]:
     """The stream after its first chunk: text as it is decoded, then its end."""
     tokens: list[int] = []
@@ -53,6 +63,8 @@ async def _chunks(
             tokens.append(await asyncio.wait_for(queue.get(), timeout=0.05))
         except TimeoutError:
             continue
+        if len(tokens) == 1:
+            watch.started()
         text = service.engine.tokens.decode(tokens)
         if text.endswith("\ufffd"):
             continue  # half of a multi-byte character: wait for the rest
@@ -69,7 +81,7 @@ async def _chunks(
     if len(generation.text) > len(sent) and generation.text.startswith(sent):
         yield stream_chunk(reply, generation.text[len(sent) :], None, token_ids=rest)
         rest = []
-    await observe(generation)
+    await watch.finished(generation)
     yield stream_chunk(reply, None, generation.finish_reason, token_ids=rest)
     if reply.include_usage:
         yield usage_chunk(reply, generation)
