@@ -3,13 +3,16 @@ home (`~/.switchboard`, or `--home`), and every registry they write is a scratch
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from switchboard_lora.base_pull import pull
 from switchboard_lora.registry import BaseModelInfo, BaseModels, RegistrySettings
+from switchboard_lora.registry.errors import SwitchboardError
 
 HomeOption = Annotated[
     Path | None,
@@ -37,3 +40,13 @@ def default_base(home: Path | None = None) -> BaseModelInfo:
     settings = RegistrySettings() if home is None else RegistrySettings(home=home)
     base, _ = pull(BaseModels(settings.bases_dir), settings.base)
     return base
+
+
+def run_benchmark(main: Callable[..., Any]) -> None:
+    """A benchmark's command line: what the user can act on (data missing, a setting) is one
+    line on stderr and exit code 2, as the CLI says it; a bug keeps its traceback."""
+    try:
+        typer.run(main)
+    except SwitchboardError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(2)

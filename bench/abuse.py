@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from bench.serve import make_lora, requests_of
 from support.processes import free_port
 from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
@@ -287,4 +287,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

@@ -33,7 +33,7 @@ import httpx
 import typer
 from rich.progress import track
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from switchboard_lora.registry import Registry
 from switchboard_lora.serving.http.app import create_app
 from switchboard_lora.serving.http.threaded import serve_in_thread
@@ -239,4 +239,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from bench.serve import make_lora, requests_of
 from support.processes import ServerProcess, switchboard_server, vllm_server
 from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
@@ -166,4 +166,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

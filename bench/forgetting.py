@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from evaluation.forgetting.budget import Budget
 from evaluation.forgetting.report import METHODS, plot, run, table
 from support.paths import DATA
@@ -75,4 +75,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

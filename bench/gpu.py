@@ -39,6 +39,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bench._common import run_benchmark
 from switchboard_lora.registry.bases import PROJECTIONS
 from switchboard_lora.trainer.synthetic import word_tokenizer
 
@@ -588,4 +589,4 @@ def _parameters(shape: Shape) -> int:
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

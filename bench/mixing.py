@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from bench.router_sets import Tasks
 from support.paths import DATA
 from switchboard_lora.demo import FULL, ensure_adapters
@@ -206,4 +206,4 @@ if __name__ == "__main__":
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    typer.run(main)
+    run_benchmark(main)

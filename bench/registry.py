@@ -38,7 +38,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bench._common import default_base
+from bench._common import default_base, run_benchmark
 from support.processes import free_port
 from switchboard_lora.registry import PROJECTIONS, BaseModelInfo, Registry
 from switchboard_lora.registry.tensors import sha256_file
@@ -408,4 +408,4 @@ def print_refs(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

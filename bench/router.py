@@ -51,7 +51,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench._common import HomeOption, default_base, pulled_encoder
+from bench._common import HomeOption, default_base, pulled_encoder, run_benchmark
 from bench.router_scale import scale
 from bench.router_sets import (
     HELD_OUT,
@@ -598,4 +598,4 @@ if __name__ == "__main__":
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    typer.run(main)
+    run_benchmark(main)

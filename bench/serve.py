@@ -34,7 +34,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from support.paths import DATA
 from switchboard_lora.demo_data import DOMAINS
 from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, RegistrySettings
@@ -392,4 +392,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)

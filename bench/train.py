@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bench._common import HomeOption, default_base
+from bench._common import HomeOption, default_base, run_benchmark
 from support.paths import DATA
 from switchboard_lora.demo_data import DOMAINS
 from switchboard_lora.registry import BaseModelInfo
@@ -183,4 +183,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_benchmark(main)
