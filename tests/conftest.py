@@ -69,6 +69,7 @@ POSTGRES_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_REQUIRE_POSTGRES") == "1"
 REQUIRE_VLLM = os.environ.get("SWITCHBOARD_REQUIRE_VLLM") == "1"
 REQUIRE_S3 = os.environ.get("SWITCHBOARD_REQUIRE_S3") == "1"
+REQUIRE_BROWSER = os.environ.get("SWITCHBOARD_REQUIRE_BROWSER") == "1"  # Chromium, its driver
 # An S3-compatible server already running (CI starts moto's); else the tests start their own.
 S3_ENDPOINT = os.environ.get("SWITCHBOARD_TEST_S3_ENDPOINT")
 

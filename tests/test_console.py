@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import REQUIRE_BROWSER
 
 from support.paths import ROOT, SWITCHBOARD
 from support.processes import ServerProcess, free_port
@@ -42,7 +43,7 @@ ASKED = [
 ]
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    if os.environ.get("SWITCHBOARD_REQUIRE_BROWSER") == "1":
+    if REQUIRE_BROWSER:
         raise RuntimeError("Chromium and chromium-driver are required (apt-get install ...)")
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="no Chromium/chromium-driver here")]
 
@@ -96,15 +97,19 @@ class Console:
     def navigates(self, act: Any, *, confirm: bool = False) -> None:
         """Do `act` (a click, a key) and wait for the page it submits to load; `confirm`
         accepts the confirmation the page asks for first."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
-        old = self.find("html")
+        self.browser.execute_script("window.beforeNavigation = true;")  # gone with the page
         act()
         if confirm:
             WebDriverWait(self.browser, 10).until(expected_conditions.alert_is_present())
             self.browser.switch_to.alert.accept()
-        WebDriverWait(self.browser, 60).until(expected_conditions.staleness_of(old))
+        loaded = "return !window.beforeNavigation && document.readyState === 'complete';"
+        # While the document is replaced the driver may answer with an error: ask again.
+        waiting = WebDriverWait(self.browser, 60, ignored_exceptions=(WebDriverException,))
+        waiting.until(lambda browser: browser.execute_script(loaded))
 
     def find(self, css: str) -> Any:
         from selenium.webdriver.common.by import By

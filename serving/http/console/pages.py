@@ -122,7 +122,7 @@ def _one(form: dict[str, list[str]], name: str) -> str:
 
 
 def _whole_number(text: str, what: str, top: int) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= top:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= top:  # not "²"
         raise SwitchboardError(ErrorCode.INVALID_INPUT, f"{what} must be a whole number ≥ 1")
     return int(text)
 
