@@ -261,16 +261,8 @@ class Registry:
                 and conn.scalar(select(AdapterRow.id).where(AdapterRow.name == name)) is None
             ):
                 raise not_found(f"no adapter named {name!r}")
-            alias_rows = conn.execute(
-                select(AliasRow.version_id, AliasRow.alias)
-                .join(AdapterRow, AdapterRow.id == AliasRow.adapter_id)
-                .where(AdapterRow.name == name)
-                .order_by(AliasRow.alias)
-            ).all()
-        by_version: dict[int, list[str]] = {}
-        for version_id, alias in alias_rows:
-            by_version.setdefault(version_id, []).append(alias)
-        return [queries.to_info(r, tuple(by_version.get(r.id, ()))) for r in rows]
+            aliases = _aliases_by_version(conn, name)
+        return [queries.to_info(r, aliases.get(r.id, ())) for r in rows]
 
     def catalogue(self) -> list[VersionDetail]:
         """Every live version, by adapter and version, with its stored size, base and training
@@ -289,18 +281,13 @@ class Registry:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-            alias_rows = conn.execute(
-                select(AliasRow.version_id, AliasRow.alias).order_by(AliasRow.alias)
-            ).all()
-        aliases: dict[int, list[str]] = {}
-        for version_id, alias in alias_rows:
-            aliases.setdefault(version_id, []).append(alias)
+            aliases = _aliases_by_version(conn)
         details = []
         for row in rows:
             manifest = json.loads(row.manifest)  # a stored manifest was validated at publish
             details.append(
                 VersionDetail(
-                    queries.to_info(row, tuple(aliases.get(row.id, ()))),
+                    queries.to_info(row, aliases.get(row.id, ())),
                     int(row.size),
                     str(manifest.get("base", {}).get("id", "")),
                     dict(manifest.get("metrics", {})),
@@ -537,3 +524,16 @@ def open_registry(settings: RegistrySettings) -> Registry:
     return Registry(
         settings.registry_url, settings.home_dir, blobs, cache_max_bytes=settings.cache_max_bytes
     )
+
+
+def _aliases_by_version(conn: Any, name: str | None = None) -> dict[int, tuple[str, ...]]:
+    """Version id -> its aliases, sorted: of adapter `name`, or of every adapter."""
+    query = select(AliasRow.version_id, AliasRow.alias).order_by(AliasRow.alias)
+    if name is not None:
+        query = query.join(AdapterRow, AdapterRow.id == AliasRow.adapter_id).where(
+            AdapterRow.name == name
+        )
+    found: dict[int, list[str]] = {}
+    for version_id, alias in conn.execute(query):
+        found.setdefault(version_id, []).append(alias)
+    return {version_id: tuple(aliases) for version_id, aliases in found.items()}

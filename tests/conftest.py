@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support.paths import ROOT, package_folders
+from support.paths import ROOT, SWITCHBOARD, package_folders
 from support.processes import free_port
 from switchboard_lora.base_pull import pull
 from switchboard_lora.registry import BaseModelInfo, BaseModels, Registry, RegistrySettings
@@ -312,3 +313,18 @@ def registry(database_url: str, home: Path, blob_store: BlobStore) -> Iterator[R
     store = Registry(database_url, home, blob_store)
     yield store
     store.close()
+
+
+def quick_demo(home: Path) -> tuple[dict[str, Any], str]:
+    """`switchboard demo --quick --json` in `home`, from the checkout (its `data/`): the
+    report and the log."""
+    result = subprocess.run(
+        [SWITCHBOARD, "--home", str(home), "demo", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report, result.stderr

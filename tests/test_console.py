@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import REQUIRE_BROWSER
+from conftest import REQUIRE_BROWSER, quick_demo
 
 from support.paths import ROOT, SWITCHBOARD
 from support.processes import ServerProcess, free_port
@@ -153,14 +153,7 @@ def console(
     home = scratch / "home"
     home.mkdir()
     (home / "bases").symlink_to(Path(pulled_base[0].root))  # the session's pulled base
-    demo = subprocess.run(
-        [SWITCHBOARD, "--home", str(home), "demo", "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert demo.returncode == 0, demo.stderr[-3000:]
+    quick_demo(home)
     port = free_port()
     env = {
         **os.environ,

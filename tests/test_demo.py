@@ -8,24 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import quick_demo
 
-from support.paths import ROOT, SWITCHBOARD
+from support.paths import SWITCHBOARD
 
 pytestmark = pytest.mark.slow
 DOMAINS = ["math", "sql", "science", "code", "dialogue"]
-
-
-def _demo(home: Path) -> tuple[dict[str, object], str]:
-    result = subprocess.run(
-        [SWITCHBOARD, "--home", str(home), "demo", "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report: dict[str, object] = json.loads(result.stdout)
-    return report, result.stderr
 
 
 def test_demo_trains_publishes_serves_and_routes_then_reuses(
@@ -36,7 +24,7 @@ def test_demo_trains_publishes_serves_and_routes_then_reuses(
     (home / "bases").parent.mkdir(parents=True)
     (home / "bases").symlink_to(bases)  # skip a second conversion; the rest starts empty
 
-    first, log = _demo(home)
+    first, log = quick_demo(home)
     assert first["adapters"] == {d: f"{d}:1" for d in DOMAINS}
     assert log.count("training 3 steps") == 5
     rows = first["rows"]
@@ -53,7 +41,7 @@ def test_demo_trains_publishes_serves_and_routes_then_reuses(
             assert row["scores"][row["route"].split(":")[0]] == max(row["scores"].values())
     assert first["as_expected"] >= 6  # type: ignore[operator]
 
-    again, log = _demo(home)
+    again, log = quick_demo(home)
     assert again["adapters"] == first["adapters"]  # nothing retrained or republished
     assert log.count("reused") == 5 and "training" not in log
     assert [r["route"] for r in again["rows"]] == [r["route"] for r in rows]  # type: ignore[union-attr]

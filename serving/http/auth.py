@@ -15,7 +15,8 @@ from fastapi import Request
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 
 
-def _presented(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
+    """The key in `Authorization: Bearer KEY`, if any."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
@@ -36,7 +37,7 @@ def holds(token: str | None, keys: Iterable[str]) -> bool:
 async def check_key(request: Request) -> None:
     # Dependencies are async, though they never wait: FastAPI runs a sync one in a thread.
     clients, admins = configured_keys(request)
-    if (clients or admins) and not holds(_presented(request), clients | admins):
+    if (clients or admins) and not holds(presented_key(request), clients | admins):
         raise SwitchboardError(
             ErrorCode.UNAUTHORIZED, "a valid API key is required: Authorization: Bearer KEY"
         )
@@ -44,14 +45,14 @@ async def check_key(request: Request) -> None:
 
 def is_admin(request: Request) -> bool:
     clients, admins = configured_keys(request)
-    return not (clients or admins) or holds(_presented(request), admins)
+    return not (clients or admins) or holds(presented_key(request), admins)
 
 
 def client_id(request: Request) -> str | None:
     """Who is asking, as the registry may store it: the presented key's sha256 (never the
     key itself); None while no keys are configured (everyone is everyone)."""
     clients, admins = configured_keys(request)
-    token = _presented(request)
+    token = presented_key(request)
     if not (clients or admins) or token is None:
         return None
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()

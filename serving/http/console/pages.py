@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +23,6 @@ from switchboard_lora.registry.experiments.plot import plot
 from switchboard_lora.registry.experiments.stats import summarise
 from switchboard_lora.registry.refs import MAX_VERSION
 from switchboard_lora.registry.route_store import BASE_ROUTE
-from switchboard_lora.registry.store import Registry
 from switchboard_lora.serving.http.admin import MAX_ROW_ID
 from switchboard_lora.serving.http.auth import configured_keys
 from switchboard_lora.serving.http.console import charts, readings
@@ -38,12 +37,11 @@ from switchboard_lora.serving.http.console.session import (
     form_of,
     same_origin,
 )
-from switchboard_lora.serving.http.deps import get_service
+from switchboard_lora.serving.http.deps import get_registry, get_service
 from switchboard_lora.serving.http.errors import STATUS
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 UserDep = Annotated[str, Depends(console_user)]
-T = TypeVar("T")
 MAX_LISTED = 1000  # decisions on one review page
 VERSIONS_LISTED = 10  # per adapter on the overview, besides those with an alias
 EXAMPLES_SHOWN = 200
@@ -102,14 +100,6 @@ def _back(path: str, done: str, query: str = "") -> RedirectResponse:
     done."""
     query = f"{query}&" if query else ""
     return RedirectResponse(f"{PREFIX}{path}?{query}{urlencode({'done': done})}", status_code=303)
-
-
-async def _registry(request: Request) -> Registry:
-    return (await get_service(request)).registry
-
-
-async def _run(call: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(call, *args)
 
 
 def _shown(exc: SwitchboardError) -> dict[str, Any]:
@@ -195,12 +185,14 @@ async def _adapters_page(
     request: Request, user: str, only: str | None = None, **shown: Any
 ) -> HTMLResponse:
     """Every adapter with its aliased and newest versions (`only`: one adapter, all of them)."""
-    registry = await _registry(request)
-    details = await _run(registry.catalogue)
+    registry = await get_registry(request)
+    details = await asyncio.to_thread(registry.catalogue)
     if only is not None:
         details = [d for d in details if d.info.name == only]
         if not details:
-            await _run(registry.list_versions, only)  # the API's refusal: no such adapter
+            await asyncio.to_thread(
+                registry.list_versions, only
+            )  # the API's refusal: no such adapter
     traffic = readings.traffic(request.app.state.metrics.registry)
     adapters = []
     for name, group in groupby(details, key=lambda d: d.info.name):
@@ -240,8 +232,8 @@ async def point_alias(request: Request, name: str, user: UserDep) -> Response:
     try:
         alias = _one(form, "alias")
         version = _whole_number(_one(form, "version"), "version", MAX_VERSION)
-        registry = await _registry(request)
-        await _run(registry.set_alias, name, alias, version)
+        registry = await get_registry(request)
+        await asyncio.to_thread(registry.set_alias, name, alias, version)
     except SwitchboardError as exc:
         return await _adapters_page(request, user, **_shown(exc))
     return _back("/adapters", f"{name}@{alias} now serves {name}:{version}")
@@ -251,8 +243,8 @@ async def point_alias(request: Request, name: str, user: UserDep) -> Response:
 async def remove_alias(request: Request, name: str, alias: str, user: UserDep) -> Response:
     await checked_form(request, user)
     try:
-        registry = await _registry(request)
-        await _run(registry.remove_alias, name, alias)
+        registry = await get_registry(request)
+        await asyncio.to_thread(registry.remove_alias, name, alias)
     except SwitchboardError as exc:
         return await _adapters_page(request, user, **_shown(exc))
     return _back("/adapters", f"removed {name}@{alias}")
@@ -264,7 +256,9 @@ async def verify_version(request: Request, user: UserDep) -> Response:
     form = await checked_form(request, user)
     try:
         service = await get_service(request)
-        (result,) = await _run(service.registry.verify, _one(form, "ref"), [service.base])
+        (result,) = await asyncio.to_thread(
+            service.registry.verify, _one(form, "ref"), [service.base]
+        )
     except SwitchboardError as exc:
         return await _adapters_page(request, user, **_shown(exc))
     request.app.state.console_checks[result.ref] = {
@@ -282,14 +276,16 @@ async def verify_version(request: Request, user: UserDep) -> Response:
 _REVIEW_FILTERS = ("route", "since", "order", "labelled", "limit")
 
 
-def _review_query(request: Request) -> dict[str, str]:
-    return {k: request.query_params[k] for k in _REVIEW_FILTERS if request.query_params.get(k)}
+def _filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The review page's filters among a query's pairs (the page's URL, or the one a label
+    form carries back)."""
+    return {k: v for k, v in pairs if k in _REVIEW_FILTERS and v}
 
 
 async def _review_page(
     request: Request, user: str, query: dict[str, str], **shown: Any
 ) -> HTMLResponse:
-    registry = await _registry(request)
+    registry = await get_registry(request)
     decisions: list[Any] = []
     since = None
     try:
@@ -301,7 +297,7 @@ async def _review_page(
                     ErrorCode.INVALID_INPUT, f"since: {query['since']!r} is not a date and time"
                 ) from None
         limit = _whole_number(query.get("limit", "50"), "limit", MAX_LISTED)
-        decisions = await _run(
+        decisions = await asyncio.to_thread(
             lambda: registry.decisions.review(
                 uncertain=False,
                 since=since,
@@ -314,8 +310,8 @@ async def _review_page(
     except SwitchboardError as exc:  # a bad filter: the page without rows, and why
         shown = _shown(exc)
     window = since or datetime.now(UTC) - timedelta(hours=24)
-    activity = await _run(registry.decisions.activity, window)
-    routes = [a.name for a in await _run(registry.list_adapters)] + [BASE_ROUTE]
+    activity = await asyncio.to_thread(registry.decisions.activity, window)
+    routes = [a.name for a in await asyncio.to_thread(registry.list_adapters)] + [BASE_ROUTE]
     return _render(
         request,
         user,
@@ -332,40 +328,36 @@ async def _review_page(
 
 @router.get("/review", response_class=HTMLResponse)
 async def review_page(request: Request, user: UserDep) -> HTMLResponse:
-    return await _review_page(request, user, _review_query(request))
+    return await _review_page(request, user, _filters(request.query_params.items()))
 
 
 @router.post("/review/label")
 async def label(request: Request, user: UserDep) -> Response:
     form = await checked_form(request, user)
-    back = _parse_back(_one(form, "back"))
+    back = _filters(parse_qsl(_one(form, "back")))
     try:
-        registry = await _registry(request)
+        registry = await get_registry(request)
         if form.get("one"):  # one row's button, "ID:ROUTE": the admin API's label, exactly
             decision, _, route = _one(form, "one").partition(":")
             number = _whole_number(decision, "decision id", MAX_ROW_ID)
-            labelled = [await _run(registry.decisions.label, number, route, "console")]
+            labelled = [await asyncio.to_thread(registry.decisions.label, number, route, "console")]
         else:  # the selected rows, one route: all checked before any is applied
             route = _one(form, "route")
             ids = [_whole_number(i, "decision id", MAX_ROW_ID) for i in form.get("ids", [])]
             if not ids:
                 raise SwitchboardError(ErrorCode.INVALID_INPUT, "select the decisions to label")
             labels = [(i, route) for i in ids]
-            labelled = await _run(registry.decisions.label_many, labels, "console")
+            labelled = await asyncio.to_thread(registry.decisions.label_many, labels, "console")
     except SwitchboardError as exc:
         return await _review_page(request, user, back, **_shown(exc))
     said = ", ".join(f"#{d.id} → {d.label}" for d in labelled)
     return _back("/review", f"labelled {said}", urlencode(back))
 
 
-def _parse_back(text: str) -> dict[str, str]:
-    return {k: v for k, v in parse_qsl(text) if k in _REVIEW_FILTERS}
-
-
 async def _route_page(request: Request, user: str, route: str, **shown: Any) -> HTMLResponse:
-    registry = await _registry(request)
-    examples = await _run(registry.routes.examples, route)
-    descriptions = await _run(registry.routes.descriptions)
+    registry = await get_registry(request)
+    examples = await asyncio.to_thread(registry.routes.examples, route)
+    descriptions = await asyncio.to_thread(registry.routes.descriptions)
     return _render(
         request,
         user,
@@ -388,8 +380,8 @@ async def describe(request: Request, route: str, user: UserDep) -> Response:
     form = await checked_form(request, user)
     text = _one(form, "description")
     try:
-        registry = await _registry(request)
-        await _run(registry.routes.describe, route, text or None)
+        registry = await get_registry(request)
+        await asyncio.to_thread(registry.routes.describe, route, text or None)
     except SwitchboardError as exc:
         return await _route_page(request, user, route, **_shown(exc))
     return _back(f"/routes/{route}", "description saved" if text else "description removed")
@@ -404,8 +396,8 @@ async def add_examples(request: Request, route: str, user: UserDep) -> Response:
             raise SwitchboardError(
                 ErrorCode.INVALID_INPUT, "give at least one example, one per line"
             )
-        registry = await _registry(request)
-        added = await _run(registry.routes.add_examples, route, lines, "console")
+        registry = await get_registry(request)
+        added = await asyncio.to_thread(registry.routes.add_examples, route, lines, "console")
     except SwitchboardError as exc:
         return await _route_page(request, user, route, **_shown(exc))
     return _back(f"/routes/{route}", f"added {added} example(s)")
@@ -418,8 +410,8 @@ async def remove_examples(request: Request, route: str, user: UserDep) -> Respon
         ids = [_whole_number(i, "example id", MAX_ROW_ID) for i in form.get("ids", [])]
         if not ids:
             raise SwitchboardError(ErrorCode.INVALID_INPUT, "select the examples to remove")
-        registry = await _registry(request)
-        removed = await _run(registry.routes.remove_examples, route, ids)
+        registry = await get_registry(request)
+        removed = await asyncio.to_thread(registry.routes.remove_examples, route, ids)
     except SwitchboardError as exc:
         return await _route_page(request, user, route, **_shown(exc))
     return _back(f"/routes/{route}", f"removed {removed} example(s)")
@@ -429,13 +421,13 @@ async def remove_examples(request: Request, route: str, user: UserDep) -> Respon
 
 
 async def _experiments_page(request: Request, user: str, **shown: Any) -> HTMLResponse:
-    registry = await _registry(request)
+    registry = await get_registry(request)
 
     def summaries() -> list[dict[str, Any]]:
         store = registry.experiments
         return [summarise(e, store.exposures(e.name)) for e in reversed(store.list_experiments())]
 
-    found = await _run(summaries)
+    found = await asyncio.to_thread(summaries)
     running = any(s["experiment"]["stopped_at"] is None for s in found)
     return _render(request, user, "experiments", experiments=found, running=running, **shown)
 
@@ -447,7 +439,7 @@ async def experiments_page(request: Request, user: UserDep) -> HTMLResponse:
 
 @router.get("/experiments/{name}/plot.png")
 async def experiment_plot(request: Request, name: str, user: UserDep) -> Response:
-    registry = await _registry(request)
+    registry = await get_registry(request)
 
     def draw() -> bytes:
         store = registry.experiments
@@ -457,7 +449,7 @@ async def experiment_plot(request: Request, name: str, user: UserDep) -> Respons
             plot(summary, str(path))
             return path.read_bytes()
 
-    png = await _run(draw)
+    png = await asyncio.to_thread(draw)
     return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
 
 
@@ -465,8 +457,8 @@ async def experiment_plot(request: Request, name: str, user: UserDep) -> Respons
 async def stop_experiment(request: Request, name: str, user: UserDep) -> Response:
     await checked_form(request, user)
     try:
-        registry = await _registry(request)
-        await _run(registry.experiments.stop, name)
+        registry = await get_registry(request)
+        await asyncio.to_thread(registry.experiments.stop, name)
     except SwitchboardError as exc:
         return await _experiments_page(request, user, **_shown(exc))
     return _back("/experiments", f"stopped {name}")
@@ -476,8 +468,8 @@ async def stop_experiment(request: Request, name: str, user: UserDep) -> Respons
 async def promote_experiment(request: Request, name: str, user: UserDep) -> Response:
     form = await checked_form(request, user)
     try:
-        registry = await _registry(request)
-        done = await _run(registry.experiments.promote, name, _one(form, "ref"))
+        registry = await get_registry(request)
+        done = await asyncio.to_thread(registry.experiments.promote, name, _one(form, "ref"))
     except SwitchboardError as exc:
         return await _experiments_page(request, user, **_shown(exc))
     return _back("/experiments", f"{name}: {done.outcome}")

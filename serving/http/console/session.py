@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 from fastapi import Request
 
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
-from switchboard_lora.serving.http.auth import configured_keys, holds
+from switchboard_lora.serving.http.auth import configured_keys, holds, presented_key
 
 COOKIE = "switchboard_console"
 PREFIX = "/console"
@@ -27,10 +27,7 @@ class LoginNeeded(Exception):
 
 
 def _presented(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(COOKIE)
+    return presented_key(request) or request.cookies.get(COOKIE)
 
 
 def check_login(key: str, request: Request) -> None:
