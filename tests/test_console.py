@@ -413,6 +413,12 @@ def test_bad_input_shows_the_apis_error_on_the_page_and_changes_nothing(console:
         )
         status, message = page_error("adapters/math/aliases", {"alias": alias, "version": version})
         assert (status, message) == (api.status_code, api.json()["error"]["message"])
+    # A version that is not a whole number (a superscript digit is a digit to str.isdigit).
+    for version in ("\N{SUPERSCRIPT TWO}", "1e23", "-1"):
+        status, message = page_error(
+            "adapters/math/aliases", {"alias": "canary", "version": version}
+        )
+        assert (status, message) == (400, "version must be a whole number ≥ 1")
     # A label naming a route that does not exist.
     decision = console.admin_api("GET", "/v1/admin/route-decisions").json()["decisions"][0]
     api = console.admin_api(
