@@ -1,47 +1,38 @@
-"""Router benchmark: cross-source accuracy, few-shot intents, latency and scale.
+"""Router benchmark: routing on traffic nobody wrote it for, many routes, the review loop,
+encoders, latency and volume. Reads committed extracts only (`bench/router_sets.py`).
 
-    python -m bench.router [--part all|cross|intents|loop|scale|volume|latency|encoders]
+    python -m bench.router [--part all|sets|routes|loop|encoders|latency|volume]
                            [--encoder NAME|DIR] [--encoder-device cpu|cuda] [--out DIR] [--json]
 
-- cross: the cross-source sets of `bench/router_sets.py` (demo, paired, styles, and `chat`,
-  held out: reported apart, never used to choose), and each method's worst over the others
-  (defaults are chosen by the worst set). In each, the routes' examples come from one source
-  and the test requests for the same routes from others, phrased differently, plus general
-  requests that belong to no route. Every method is run uncalibrated, with per-route
-  thresholds calibrated on the held-out split of the routes' own sources (never the test), and
-  with route descriptions beside the examples; linear also with 5 examples per route, with and
-  without descriptions.
-  Targets: accuracy >= 0.90, fallback recall >= 0.90, false fallback <= 0.05.
-- intents: BIG-bench `intent_recognition` (SNIPS, 7 intents, no `base` examples): 10
-  examples per intent are the routes, the rest the test, over three splits; each method with
-  its default threshold and with none. Target: mean >= 0.95, never below centroid.
-- loop: the review loop simulated on every cross-source set: each round labels the 5 most
-  uncertain requests per route they went to; accuracy against labels spent, and a plot.
+- sets: every set of `bench/router_sets.py` (the demo's domains with and without `base`
+  examples, CLINC's domains with unseen domains as out-of-scope over five folds, and
+  `banking77+oos`, held out: reported apart, never used to choose). Each method at the default
+  gate; linear also with the gate's threshold swept, without the shipped general requests
+  (the gate as it was before them), calibrated on the same-source held-out split and with
+  descriptions where the set has them. Then each row's worst over the sets that choose.
+  Targets: accuracy >= 0.93, fallback recall >= 0.90 (>= 0.85 with no `base` examples),
+  false fallback <= 0.05.
+- routes: CLINC's intents (10, 50, 150) and banking77's (10, 50, 77) as routes, 10 examples
+  each: accuracy on their test requests, the share sent to base, general requests (BIG-Bench
+  Hard's) sent to base, decision p50, a full fit and the refit after adding one route.
+- loop: the review loop simulated on every set: each round labels the 5 most uncertain
+  requests per route they went to (with their true route, `base` included); labels refit the
+  scorer and the gate. Accuracy and fallback recall against labels spent, and a plot.
   Target: >= 0.97 with <= 20 labels per route.
-- scale: 100 and 1,000 BIG-bench domain tasks as routes, 20 requests each
-  (`bench/router_scale.py`): held-out requests of the routes, fallback recall on general
-  requests, decision time, a full fit, and the refit after adding one route (from the last
-  fit, against a fit from nothing). It runs `volume` too.
-- volume: 100,000 examples (`--examples N`) added at once to one route of a live registry
-  while requests are routed (`bench/router_volume.py`): how long the refit takes beside
-  serving, decision times before, during (the previous fit routes) and after, the first
-  request's wait, a small change's refit at that size, peak memory. Needs no BIG-bench.
-- encoders: the default encoder and each one `switchboard encoder pull` knows, on every
-  cross-source set and SNIPS, side by side, with one request's encoding time.
+- encoders: the default encoder and each one `switchboard encoder pull` knows, on every set,
+  side by side, with one request's encoding time.
+- regret: routing judged by its answers, on the demo's five adapters (trained once, as the
+  demo trains them; `bench/router_regret.py`): regret against the best single choice per
+  request, harm to the requests the base answers best, a top-2 mix, routing by label.
 - latency: p50/p99 of one decision for a short and a long (~130-token) query, and of encoding
-  them; scoring time at 10, 1,000 and 10,000 routes; the registry change check each decision
-  makes.
-`--encoder NAME|DIR` and `--encoder-device cuda` run every part but `encoders` with another
-encoder, or on a GPU.
-Data: the `bigbench` 1.0.0 sdist (358 MB): `--sdist FILE`, or pip downloads it once into
-$SWITCHBOARD_HOME/downloads where its index still has it.
+  them; scoring time at 10, 1,000 and 10,000 routes; the registry change check.
+- volume: 100,000 examples (`--examples N`) added at once to one route of a live registry
+  while requests are routed (`bench/router_volume.py`).
 """
 
 from __future__ import annotations
 
 import json
-import random
-import sys
 import tempfile
 import time
 from collections.abc import Hashable
@@ -52,40 +43,20 @@ import numpy as np
 import typer
 
 from bench._common import HomeOption, default_base, pulled_encoder, run_benchmark
-from bench.router_scale import scale
-from bench.router_sets import (
-    HELD_OUT,
-    SET_NAMES,
-    Tasks,
-    build,
-    descriptions,
-    jsonl,
-    request_from,
-)
+from bench.router_regret import regret
+from bench.router_sets import HELD_OUT, RouteSet, extract, intent_routes, route_sets
 from bench.router_volume import print_volume, volume
-from switchboard_lora.demo_data import bigbench_sdist
 from switchboard_lora.registry import Registry, RegistrySettings
-from switchboard_lora.router.decision import Policy
+from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.router.decision import Policy, RouteTarget
 from switchboard_lora.router.encoder import Encoder
 from switchboard_lora.router.encoder_cache import DEFAULT_ENCODER
 from switchboard_lora.router.evaluate import Report, calibrate, evaluate
 from switchboard_lora.router.router import FileRoutes, Route, Router
-from switchboard_lora.router.scorers import DEFAULT_THRESHOLD, METHODS, CentroidScorer, LinearScorer
+from switchboard_lora.router.scorers import METHODS, CentroidScorer, LinearScorer
 
-SNIPS_SPLITS = (1, 2, 3)  # seeds of the 10-shot splits
-CROSS_TARGETS = "acc >= 0.90, fallback >= 0.90, false fb <= 0.05"
-
-
-def _row(method: str, how: str, report: Report) -> dict[str, Any]:
-    return {
-        "method": method,
-        "thresholds": how,
-        "accuracy": report.accuracy,
-        "in_domain_accuracy": report.in_domain_accuracy,
-        "fallback_recall": report.fallback_recall,
-        "false_fallback_rate": report.false_fallback_rate,
-        "n": report.n,
-    }
+SWEEP = (0.9, 0.98)  # gate thresholds beside the default: what a stricter or looser one trades
+TARGETS = "acc >= 0.93, fallback >= 0.90 (0.85 without base examples), false fb <= 0.05"
 
 
 class MemoEncoder(Encoder):
@@ -98,128 +69,132 @@ class MemoEncoder(Encoder):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        self._memo.update(zip(missing, super().encode(missing), strict=True))
+        if missing:
+            self._memo.update(zip(missing, super().encode(missing), strict=True))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
 
 
-FEW_SHOT = 5  # examples per route in the few-shot rows (`base` keeps all its examples)
+def _row(method: str, how: str, report: Report) -> dict[str, Any]:
+    return {
+        "method": method,
+        "gate": how,
+        "accuracy": report.accuracy,
+        "in_domain_accuracy": report.in_domain_accuracy,
+        "fallback_recall": report.fallback_recall,
+        "false_fallback_rate": report.false_fallback_rate,
+        "n": report.n,
+    }
 
 
-def _few_shot(routes: Path) -> Path:
-    """The routes file cut to `FEW_SHOT` examples per route."""
-    kept: dict[str, int] = {}
-    rows = []
-    for line in routes.read_text().splitlines():
-        row = json.loads(line)
-        kept[row["name"]] = kept.get(row["name"], 0) + 1
-        if row["name"] == "base" or kept[row["name"]] <= FEW_SHOT:
-            rows.append(row)
-    return jsonl(routes.with_name("few-shot-routes.jsonl"), rows)
-
-
-def _cross_rows(
-    encoder: Encoder, name: str, routes: Path, held_out_file: Path, test_file: Path
-) -> list[dict[str, Any]]:
-    from switchboard_lora.router.files import read_labelled
-
-    held_out, test = read_labelled(held_out_file), read_labelled(test_file)
-    described = descriptions(name)
+def _set_rows(encoder: Encoder, found: RouteSet, out: Path) -> list[dict[str, Any]]:
+    routes, _ = found.write(out / found.name)
     rows = []
     for method in METHODS:
-        policy = Policy(threshold=DEFAULT_THRESHOLD[method])
-        plain = Router(FileRoutes(routes), encoder, policy, method=method)
-        rows.append(_row(method, "default", evaluate(plain, test)))
-        fitted = {r: t for r, (t, _) in calibrate(plain, held_out).items()}
-        tuned = Router(FileRoutes(routes, fitted), encoder, policy, method=method)
-        rows.append(_row(method, "calibrated", evaluate(tuned, test)))
-        rows.append(_row(method, "held-out (same source)", evaluate(tuned, held_out)))
-        with_text = Router(FileRoutes(routes, None, described), encoder, policy, method=method)
-        rows.append(_row(method, "default + descriptions", evaluate(with_text, test)))
-    few = _few_shot(routes)
-    for how, texts in ((f"{FEW_SHOT} examples", None), (f"{FEW_SHOT} + descriptions", described)):
-        router = Router(FileRoutes(few, None, texts), encoder)
-        rows.append(_row("linear", how, evaluate(router, test)))
+        router = Router(FileRoutes(routes), encoder, method=method)
+        rows.append(_row(method, "default", evaluate(router, found.test)))
+    for threshold in SWEEP:
+        router = Router(FileRoutes(routes), encoder, Policy(threshold))
+        rows.append(_row("linear", f"threshold {threshold}", evaluate(router, found.test)))
+    plain = Router(FileRoutes(routes), encoder, general=False)
+    rows.append(_row("linear", "no general requests", evaluate(plain, found.test)))
+    if found.calibration:
+        fitted = {
+            r: t
+            for r, (t, _) in calibrate(
+                Router(FileRoutes(routes), encoder), found.calibration
+            ).items()
+        }
+        tuned = Router(FileRoutes(routes, fitted), encoder)
+        rows.append(_row("linear", "calibrated", evaluate(tuned, found.test)))
+    if found.descriptions:
+        described = Router(FileRoutes(routes, None, found.descriptions), encoder)
+        rows.append(_row("linear", "+ descriptions", evaluate(described, found.test)))
     return rows
 
 
-def cross_source(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
-    """Every method on every cross-source set, and each method's worst over the sets that
-    choose defaults (all but `HELD_OUT`, which is reported apart)."""
-    sets: dict[str, list[dict[str, Any]]] = {}
-    for name in SET_NAMES:
-        # The demo set's files stay at the top of `out`: --part latency reads its routes.
-        files = build(name, tasks, out if name == "demo" else out / name)
-        sets[name] = _cross_rows(encoder, name, *files)
+def _worst(sets: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per row (method and gate), its worst figures over the sets that choose defaults."""
+    chosen = [rows for name, rows in sets.items() if name != HELD_OUT]
+    keys = [(r["method"], r["gate"]) for r in chosen[0]]
     worst = []
-    for i, row in enumerate(sets["demo"]):
-        if row["thresholds"].startswith("held-out"):
-            continue
-        rows = [results[i] for name, results in sets.items() if name != HELD_OUT]
+    for key in keys:
+        rows = [r for results in chosen for r in results if (r["method"], r["gate"]) == key]
+        fallback = [r["fallback_recall"] for r in rows if r["fallback_recall"] is not None]
         worst.append(
             {
-                "method": row["method"],
-                "thresholds": row["thresholds"],
+                "method": key[0],
+                "gate": key[1],
+                "sets": len(rows),
                 "accuracy": min(r["accuracy"] for r in rows),
                 "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
-                "fallback_recall": min(r["fallback_recall"] for r in rows),
-                "false_fallback_rate": max(r["false_fallback_rate"] for r in rows),
+                "fallback_recall": min(fallback) if fallback else None,
+                "false_fallback_rate": max(r["false_fallback_rate"] or 0.0 for r in rows),
             }
         )
-    return {"sets": sets, "worst": worst, "held_out_set": HELD_OUT}
+    return worst
 
 
-def _intent_split(
-    by_intent: dict[str, list[str]], seed: int
-) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
-    """10 examples per intent as routes, the rest as the test."""
-    rng = random.Random(seed)
-    routes: list[dict[str, str]] = []
-    test: list[tuple[str, str]] = []
-    for intent, texts in sorted(by_intent.items()):
-        shuffled = sorted(texts)
-        rng.shuffle(shuffled)
-        routes += [{"name": intent, "text": t} for t in shuffled[:10]]
-        test += [(t, intent) for t in shuffled[10:]]
-    return routes, test
+def all_sets(encoder: Encoder, out: Path) -> dict[str, Any]:
+    sets = {found.name: _set_rows(encoder, found, out) for found in route_sets()}
+    return {"sets": sets, "worst": _worst(sets), "held_out_set": HELD_OUT}
 
 
-def intents(encoder: Encoder, tasks: Tasks, out: Path) -> dict[str, Any]:
-    """SNIPS 10-shot over `SNIPS_SPLITS`: no `base` examples and every test row has an intent,
-    so any fallback is an error. Each method with its default threshold, and without one
-    (pure classification)."""
-    by_intent: dict[str, list[str]] = {}
-    for example in tasks.inputs("intent_recognition"):
-        scores = example["target_scores"]
-        text = request_from("intent_recognition", example["input"])
-        if text:
-            by_intent.setdefault(max(scores, key=scores.get), []).append(text)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for seed in SNIPS_SPLITS:
-        routes, test = _intent_split(by_intent, seed)
-        routes_file = jsonl(out / f"intent-routes-{seed}.jsonl", routes)
-        for method in METHODS:
-            for how, threshold in (("default", DEFAULT_THRESHOLD[method]), ("none", 0.0)):
-                policy = Policy(threshold=threshold)
-                report = evaluate(
-                    Router(FileRoutes(routes_file), encoder, policy, method=method), test
-                )
-                rows.append(
-                    {
-                        "split": seed,
-                        "method": method,
-                        "thresholds": how,
-                        "accuracy": report.accuracy,
-                        "n": report.n,
-                    }
-                )
-    return {"intents": len(by_intent), "splits": list(SNIPS_SPLITS), "results": rows}
+ROUTE_COUNTS = {"clinc": (10, 50, 150), "banking77": (10, 50, 77)}
+QUERY = "What is 17 times 23?"
+
+
+def _fit(router: Router) -> tuple[float, int]:
+    start = time.perf_counter()
+    index = router.refresh()
+    return time.perf_counter() - start, getattr(index.scorer, "iterations", 0)
+
+
+def many_routes(encoder: Encoder, out: Path) -> dict[str, Any]:
+    """Intents as routes: accuracy, decision time and fit costs as their number grows."""
+    general = [(r["text"], BASE_ROUTE) for r in extract("demo_test.jsonl") if r["source"] == "bbh"]
+    results = []
+    for name, counts in ROUTE_COUNTS.items():
+        for count in counts:
+            found = intent_routes(name, count)
+            routes, _ = found.write(out / "routes" / found.name)
+            router = Router(FileRoutes(routes), encoder)
+            router.cache.vectors([r["text"] for r in found.routes_rows()])  # not the fit
+            fit_s, iterations = _fit(router)
+            domain = evaluate(router, found.test)
+            fallback = evaluate(router, general)
+            router.decide(QUERY)
+            p50, _ = _timings(lambda r=router: r.decide(QUERY), 50)
+            # One more route: the live router refits from its last fit.
+            grown = intent_routes(name, min(count + 1, len(_intents(name))))
+            router.source = FileRoutes(grown.write(out / "routes" / f"{found.name}+1")[0])
+            add_s, add_iterations = _fit(router)
+            results.append(
+                {
+                    "source": name,
+                    "routes": count,
+                    "accuracy": domain.accuracy,
+                    "false_fallback_rate": domain.false_fallback_rate,
+                    "general_fallback_recall": fallback.fallback_recall,
+                    "decision_p50_ms": p50,
+                    "fit_s": fit_s,
+                    "fit_iterations": iterations,
+                    "add_one_s": add_s,
+                    "add_one_iterations": add_iterations,
+                }
+            )
+    return {"per_route": 10, "results": results}
+
+
+def _intents(name: str) -> set[str]:
+    return {r["intent"] for r in extract(f"{name}.jsonl")}
 
 
 class _LabelledRoutes:
-    """A routes file plus labels given so far (a route source whose state moves with them)."""
+    """A set's routes plus the labels given so far (a route source whose state moves with
+    them): a label to a route is its example, a label `base` a negative, as the review loop's
+    labels are in a registry."""
 
     def __init__(self, path: Path) -> None:
         self.file = FileRoutes(path)
@@ -235,39 +210,41 @@ class _LabelledRoutes:
         extra: dict[str, list[str]] = {}
         for text, route in self.labels:
             extra.setdefault(route, []).append(text)
-        return [
-            Route(r.name, r.target, (), (*r.extra_examples, *extra.get(r.name, ())))
+        routes = [
+            Route(r.name, r.target, (), (*r.extra_examples, *extra.pop(r.name, ())))
             for r in self.file.load(scores_key)
         ]
+        if BASE_ROUTE in extra:  # the first `base` labels of a set that had none
+            routes.append(Route(BASE_ROUTE, RouteTarget(None), (), tuple(extra[BASE_ROUTE])))
+        return routes
 
 
-def review_loop(
-    encoder: Encoder, tasks: Tasks, out: Path, rounds: int = 4, per_route: int = 5
-) -> dict[str, Any]:
-    """The review loop, simulated: each round routes a set's whole test stream, then labels
-    the `per_route` most uncertain unlabelled requests per route they went to (with their true
-    route, as an operator would), which become examples. Accuracy on the whole stream and on
-    the requests not labelled yet, against labels spent."""
+def review_loop(encoder: Encoder, out: Path, rounds: int = 4, per_route: int = 5) -> dict[str, Any]:
+    """Each round routes a set's whole test stream, then labels the `per_route` most uncertain
+    unlabelled requests per route they went to (with their true route, as an operator would);
+    they become examples (`base` ones negatives), refitting the scorer and the gate."""
     curves: dict[str, list[dict[str, Any]]] = {}
-    for name in SET_NAMES:
-        routes, _, test_file = build(name, tasks, out / "loop" / name)
-        from switchboard_lora.router.files import read_labelled
-
-        test = read_labelled(test_file)
+    for found in route_sets():
+        routes, _ = found.write(out / "loop" / found.name)
         source = _LabelledRoutes(routes)
         router = Router(source, encoder)
         labelled: set[int] = set()
         curve = []
         for round_ in range(rounds + 1):
-            decisions = router.decide_texts([t for t, _ in test])
-            right = [d.route == expected for d, (_, expected) in zip(decisions, test, strict=True)]
-            rest = [ok for i, ok in enumerate(right) if i not in labelled]
+            decisions = router.decide_texts([t for t, _ in found.test])
+            report = evaluate(router, found.test)
+            rest = [
+                d.route == expected
+                for i, (d, (_, expected)) in enumerate(zip(decisions, found.test, strict=True))
+                if i not in labelled
+            ]
             curve.append(
                 {
                     "round": round_,
                     "labels": len(labelled),
-                    "labels_per_route": len(labelled) / max(len(router.routes), 1),
-                    "accuracy": sum(right) / len(right),
+                    "labels_per_route": len(labelled) / max(len(found.routes), 1),
+                    "accuracy": report.accuracy,
+                    "fallback_recall": report.fallback_recall,
                     "unlabelled_accuracy": sum(rest) / max(len(rest), 1),
                 }
             )
@@ -281,8 +258,8 @@ def review_loop(
             for candidates in by_route.values():
                 for _, i in sorted(candidates)[:per_route]:
                     labelled.add(i)
-                    source.labels.append(test[i])
-        curves[name] = curve
+                    source.labels.append(found.test[i])
+        curves[found.name] = curve
     plot = out / "review-loop.png"
     _plot_loop(curves, plot)
     return {"rounds": rounds, "per_route": per_route, "curves": curves, "plot": str(plot)}
@@ -294,7 +271,7 @@ def _plot_loop(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, curve in curves.items():
         held = " (held out)" if name == HELD_OUT else ""
         ax.plot(
@@ -307,7 +284,7 @@ def _plot_loop(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.set_xlabel("labels spent per route")
     ax.set_ylabel("accuracy on the whole stream")
     ax.set_title("Review loop: per round, the 5 most uncertain\nrequests per route labelled")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -319,53 +296,37 @@ SHORT_QUERY = "What is 17 times 23?"
 LONG_QUERY = " ".join(["Explain, step by step, how the rate of a reaction changes with heat."] * 8)
 
 
-def compare_encoders(tasks: Tasks, out: Path, home: Path | None) -> dict[str, Any]:
-    """Every encoder of `ENCODERS` on every cross-source set and on SNIPS, side by side (the
-    same sets, splits and methods), with what one request's encoding costs."""
+def compare_encoders(out: Path, home: Path | None) -> dict[str, Any]:
+    """Every encoder of `ENCODERS` on every set at the default gate, side by side, with what
+    one request's encoding costs."""
     rows = []
     for name in ENCODERS:
         path = pulled_encoder(name, home)
         memo = MemoEncoder(path)
-        cross = cross_source(memo, tasks, out / "encoders" / name)
-        snips = intents(memo, tasks, out / "encoders" / name)["results"]
+        per_set = {}
+        for found in route_sets():
+            routes, _ = found.write(out / "encoders" / name / found.name)
+            report = evaluate(Router(FileRoutes(routes), memo), found.test)
+            per_set[found.name] = _row("linear", "default", report)
         timed = Encoder(path)  # timed: no memo
         timed.encode([SHORT_QUERY])
         short50, _ = _timings(lambda e=timed: e.encode([SHORT_QUERY]), 100)
         long50, _ = _timings(lambda e=timed: e.encode([LONG_QUERY]), 30)
-        for worst in cross["worst"]:
-            if worst["thresholds"] not in ("default", "default + descriptions"):
-                continue
-            key = (worst["method"], worst["thresholds"])
-            per_set = {
-                set_name: next(r["accuracy"] for r in rows if (r["method"], r["thresholds"]) == key)
-                for set_name, rows in cross["sets"].items()
+        worst = _worst({n: [r] for n, r in per_set.items()})[0]
+        rows.append(
+            {
+                "encoder": name,
+                "dim": memo.dim,
+                "per_set": {n: r["accuracy"] for n, r in per_set.items()},
+                "worst_accuracy": worst["accuracy"],
+                "mean_accuracy": worst["mean_accuracy"],
+                "worst_fallback_recall": worst["fallback_recall"],
+                "worst_false_fallback": worst["false_fallback_rate"],
+                "encode_short_p50_ms": short50,
+                "encode_long_p50_ms": long50,
             }
-            split = [
-                r["accuracy"]
-                for r in snips
-                if (r["method"], r["thresholds"]) == (worst["method"], "default")
-            ]
-            rows.append(
-                {
-                    "encoder": name,
-                    "dim": memo.dim,
-                    "method": worst["method"],
-                    "thresholds": worst["thresholds"],
-                    "worst_accuracy": worst["accuracy"],
-                    "mean_accuracy": worst["mean_accuracy"],
-                    "worst_fallback_recall": worst["fallback_recall"],
-                    "held_out_accuracy": per_set[HELD_OUT],
-                    "per_set": per_set,
-                    "snips": split,
-                    "encode_short_p50_ms": short50,
-                    "encode_long_p50_ms": long50,
-                }
-            )
+        )
     return {"encoders": list(ENCODERS), "rows": rows}
-
-
-def _per_set(figures: dict[str, float]) -> str:
-    return ", ".join(f"{value:.3f} ({name})" for name, value in figures.items())
 
 
 def _timings(fn: Any, runs: int) -> tuple[float, float]:
@@ -378,7 +339,7 @@ def _timings(fn: Any, runs: int) -> tuple[float, float]:
 
 
 def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
-    routes = out / "routes.jsonl"
+    routes, _ = next(route_sets()).write(out / "latency")
     router = Router(FileRoutes(routes), encoder)
     query = SHORT_QUERY
     router.decide(query)
@@ -404,15 +365,6 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
         scale.append(
             {"routes": n, "linear_p50_ms": lin50, "linear_p99_ms": lin99, "centroid_p50_ms": cen50}
         )
-    fit = []
-    for n in (10, 100):  # refit cost of a registry change, 20 examples per route
-        centres = rng.standard_normal((n, encoder.dim)).astype(np.float32)
-        vectors = np.repeat(centres, 20, axis=0) + rng.standard_normal((20 * n, encoder.dim))
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        labels = [f"r{i}" for i in range(n) for _ in range(20)]
-        start = time.perf_counter()
-        LinearScorer().fit(vectors.astype(np.float32), labels)
-        fit.append({"routes": n, "linear_fit_s": time.perf_counter() - start})
     return {
         "decision_p50_ms": p50,
         "decision_p99_ms": p99,
@@ -425,99 +377,85 @@ def latency(encoder: Encoder, out: Path) -> dict[str, Any]:
         "registry_check_p50_ms": state50,
         "registry_check_p99_ms": state99,
         "scoring": scale,
-        "refit": fit,
     }
 
 
+def _figure(value: float | None) -> str:
+    return "     -" if value is None else f"{value:6.3f}"
+
+
 def _print(results: dict[str, Any]) -> None:
-    if "cross" in results:
-        header = (
-            f"{'method':9} {'thresholds':24} {'acc':>6} {'in-dom':>7} {'fb rec':>7} {'false fb':>8}"
-        )
-        for name, rows in results["cross"]["sets"].items():
+    if "sets" in results:
+        header = f"{'method':9} {'gate':22} {'acc':>6} {'in-dom':>6} {'fb rec':>6} {'false fb':>8}"
+        for name, rows in results["sets"]["sets"].items():
             held = " (held out: not used to choose)" if name == HELD_OUT else ""
-            print(f"\ncross-source set {name!r}{held} (targets: {CROSS_TARGETS})")
+            print(f"\nset {name!r}{held} (targets: {TARGETS})")
             print(header)
             for r in rows:
                 print(
-                    f"{r['method']:9} {r['thresholds']:24} {r['accuracy']:6.3f} "
-                    f"{r['in_domain_accuracy']:7.3f} {r['fallback_recall']:7.3f} "
-                    f"{r['false_fallback_rate']:8.3f}"
+                    f"{r['method']:9} {r['gate']:22} {_figure(r['accuracy'])} "
+                    f"{_figure(r['in_domain_accuracy'])} {_figure(r['fallback_recall'])} "
+                    f"{_figure(r['false_fallback_rate']):>8}"
                 )
-        print(f"\nworst over the cross-source sets but {HELD_OUT!r} (what a default is chosen by)")
-        print(
-            f"{'method':9} {'thresholds':24} {'acc':>6} {'mean':>6} {'fb rec':>7} {'false fb':>8}"
-        )
-        for r in results["cross"]["worst"]:
+        print(f"\nworst over the sets but {HELD_OUT!r} (what a default is chosen by)")
+        print(f"{'method':9} {'gate':22} {'acc':>6} {'mean':>6} {'fb rec':>6} {'false fb':>8}")
+        for r in results["sets"]["worst"]:
             print(
-                f"{r['method']:9} {r['thresholds']:24} {r['accuracy']:6.3f} "
-                f"{r['mean_accuracy']:6.3f} {r['fallback_recall']:7.3f} "
-                f"{r['false_fallback_rate']:8.3f}"
+                f"{r['method']:9} {r['gate']:22} {_figure(r['accuracy'])} "
+                f"{_figure(r['mean_accuracy'])} {_figure(r['fallback_recall'])} "
+                f"{_figure(r['false_fallback_rate']):>8}"
             )
-    if "intents" in results:
-        found = results["intents"]
-        print(f"\nfew-shot intents, 10 examples per intent, splits {found['splits']}")
-        print("(target: mean >= 0.95, never below centroid)")
-        cells: dict[tuple[str, str], list[float]] = {}
-        for r in found["results"]:
-            cells.setdefault((r["method"], r["thresholds"]), []).append(r["accuracy"])
-        for (method, how), values in cells.items():
-            shown = "  ".join(f"{v:.3f}" for v in values)
-            print(f"  {method:9} threshold {how:8} {shown}  mean {sum(values) / len(values):.3f}")
+    if "routes" in results:
+        print("\nmany routes: intents as routes, 10 examples each")
+        for r in results["routes"]["results"]:
+            print(
+                f"  {r['source']:9} {r['routes']:>4} routes: accuracy {r['accuracy']:.3f} "
+                f"(to base {r['false_fallback_rate']:.3f}), general to base "
+                f"{r['general_fallback_recall']:.3f}, decision p50 {r['decision_p50_ms']:.1f} ms, "
+                f"fit {r['fit_s']:.2f} s ({r['fit_iterations']} it.), one route added "
+                f"{r['add_one_s']:.2f} s ({r['add_one_iterations']} it.)"
+            )
     if "loop" in results:
         loop = results["loop"]
         print(
             f"\nreview loop: per round, the {loop['per_route']} most uncertain requests per "
             f"route labelled (target: >= 0.97 with <= 20 per route); plot {loop['plot']}"
         )
-        rounds = range(loop["rounds"] + 1)
-        print(f"{'set':10} " + " ".join(f"{'round ' + str(r):>14}" for r in rounds))
         for name, curve in loop["curves"].items():
-            points = " ".join(f"{c['accuracy']:.3f} ({c['labels_per_route']:4.1f})" for c in curve)
-            print(f"{name:10} {points}")
-        print("(accuracy on the whole stream; in brackets, labels spent per route)")
+            points = " ".join(
+                f"{c['accuracy']:.3f}/{_figure(c['fallback_recall']).strip()} "
+                f"({c['labels_per_route']:4.1f})"
+                for c in curve
+            )
+            print(f"  {name:16} {points}")
+        print("(accuracy/fallback recall on the whole stream; in brackets, labels per route)")
     if "volume" in results:
         print_volume(results["volume"])
-    if "scale" in results:
-        found = results["scale"]
+    if "regret" in results:
+        found = results["regret"]
         print(
-            f"\nscale: BIG-bench tasks as routes, {found['per_route']} requests each "
-            f"({found['qualifying_tasks']} domain tasks qualify); general requests must still "
-            "go to base"
+            "\nrouting judged by its answers: loss per answer token of the reference (lower is "
+            f"better), {found['per_source']} requests per source; adapters {found['adapters']}"
         )
-        for r in found["results"]:
+        for setup, r in found["setups"].items():
             print(
-                f"  {r['routes']:>5} routes: own held-out requests {r['accuracy']:.3f} "
-                f"(to base {r['false_fallback_rate']:.3f}), fallback recall "
-                f"{_per_set(r['fallback_recall'])}, decision p50 {r['decision_p50_ms']:.1f} ms, "
-                f"full fit {r['refit_s']:.1f} s ({r['refit_iterations']} iterations)"
+                f"  {setup:20} n {r['n']}: routed {r['routed']:.3f}, oracle {r['oracle']:.3f}, "
+                f"base {r['base']:.3f}, top-2 mix {r['top2_mix']:.3f}, by label "
+                f"{r['by_label']:.3f}; regret {r['regret']:.3f} (by label "
+                f"{r['regret_by_label']:.3f}), harm {r['harm']:+.3f} on the "
+                f"{r['oracle_is_base']} the base answers best; {r['to_base']} routed to base"
             )
-            print(
-                f"        one route added: refit from the last fit {r['add_one_s']:.2f} s "
-                f"({r['add_one_iterations']} it.) vs from nothing {r['add_one_cold_s']:.2f} s "
-                f"({r['add_one_cold_iterations']} it.): "
-                f"{r['add_one_cold_s'] / max(r['add_one_s'], 1e-9):.1f}x; decisions agree "
-                f"{r['add_one_agreement']:.3f}"
-            )
-            print(f"        general requests went to: {r['general_went_to']}")
-            sweep = ", ".join(
-                f"{g['threshold']}: {g['fallback_recall']:.2f} / {g['false_fallback_rate']:.2f}"
-                for g in r["gate_sweep"]
-            )
-            print(f"        gate threshold: fallback recall / false fallback: {sweep}")
     if "encoders" in results:
         print(
-            "\nencoders side by side, per cross-source set; worst and mean over the sets but "
-            f"{HELD_OUT!r} (held out); worst fallback recall; SNIPS per split (default "
-            "threshold); encoding one request, p50 ms (short / ~130 tokens)"
+            "\nencoders side by side, default gate: accuracy per set; worst over the sets that "
+            "choose; encoding one request, p50 ms (short / ~130 tokens)"
         )
         for r in results["encoders"]["rows"]:
             sets = " ".join(f"{n} {a:.3f}" for n, a in r["per_set"].items())
-            snips = " ".join(f"{a:.3f}" for a in r["snips"])
             print(
-                f"  {r['encoder']:18} {r['method']:8} {r['thresholds']:22} {sets}  "
-                f"worst {r['worst_accuracy']:.3f} mean {r['mean_accuracy']:.3f}  "
-                f"fb {r['worst_fallback_recall']:.3f}  SNIPS {snips}  "
+                f"  {r['encoder']:18} {sets}  worst {r['worst_accuracy']:.3f} mean "
+                f"{r['mean_accuracy']:.3f} fb {_figure(r['worst_fallback_recall']).strip()} "
+                f"false fb {r['worst_false_fallback']:.3f}  "
                 f"{r['encode_short_p50_ms']:.1f} / {r['encode_long_p50_ms']:.1f} ms"
             )
     if "latency" in results:
@@ -538,16 +476,14 @@ def _print(results: dict[str, Any]) -> None:
                 f"scoring {s['routes']:>6} routes: linear p50 {s['linear_p50_ms']:.3f} ms "
                 f"(p99 {s['linear_p99_ms']:.3f}), centroid p50 {s['centroid_p50_ms']:.3f} ms"
             )
-        for f in lat["refit"]:
-            print(f"refit after a change, {f['routes']} routes: {f['linear_fit_s']:.2f} s")
+
+
+PARTS = ("all", "sets", "routes", "loop", "regret", "encoders", "latency", "volume")
 
 
 def main(
-    part: Annotated[
-        str, typer.Option(help="all, cross, intents, loop, scale, volume, latency or encoders")
-    ] = "all",
-    sdist: Annotated[Path | None, typer.Option(help="The bigbench sdist, if at hand.")] = None,
-    out: Annotated[Path, typer.Option(help="Where the built test files go.")] = Path(
+    part: Annotated[str, typer.Option(help=", ".join(PARTS))] = "all",
+    out: Annotated[Path, typer.Option(help="Where the sets' files go.")] = Path(
         "bench-router-data"
     ),
     home: HomeOption = None,
@@ -561,33 +497,29 @@ def main(
     ] = DEFAULT_ENCODER,
     encoder_device: Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda.")] = "cpu",
     examples: Annotated[
-        int, typer.Option(help="Route examples added at once in scale's volume run.")
+        int, typer.Option(help="Route examples added at once in the volume part.")
     ] = 100_000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    cache = (RegistrySettings() if home is None else RegistrySettings(home=home)).home_dir
+    if part not in PARTS:
+        raise typer.BadParameter(f"--part is one of {', '.join(PARTS)}")
     path = pulled_encoder(encoder_name, home)
     results: dict[str, Any] = {"encoder": str(path), "encoder_device": encoder_device}
-    if part in ("all", "cross", "intents", "loop", "scale", "encoders"):
-        tasks = Tasks(sdist or bigbench_sdist(cache))
-        encoder = MemoEncoder(path, encoder_device)
-        if part in ("all", "cross"):
-            results["cross"] = cross_source(encoder, tasks, out)
-        if part in ("all", "intents"):
-            results["intents"] = intents(encoder, tasks, out)
-        if part in ("all", "loop"):
-            results["loop"] = review_loop(encoder, tasks, out)
-        if part in ("all", "scale"):
-            # decisions timed: no memo
-            results["scale"] = scale(Encoder(path, encoder_device), tasks, out)
-        if part in ("all", "encoders"):
-            results["encoders"] = compare_encoders(tasks, out, home)
-    if part in ("all", "scale", "volume"):  # no BIG-bench: `--part volume` runs it alone
-        results["volume"] = volume(Encoder(path, encoder_device), default_base(home), examples)
+    encoder = MemoEncoder(path, encoder_device)
+    if part in ("all", "sets"):
+        results["sets"] = all_sets(encoder, out)
+    if part in ("all", "routes"):
+        results["routes"] = many_routes(Encoder(path, encoder_device), out)  # timed: no memo
+    if part in ("all", "loop"):
+        results["loop"] = review_loop(encoder, out)
+    if part in ("all", "regret"):
+        results["regret"] = regret(encoder, home)
+    if part in ("all", "encoders"):
+        results["encoders"] = compare_encoders(out, home)
     if part in ("all", "latency"):
-        if not (out / "routes.jsonl").exists():
-            sys.exit("latency needs the routes file: run --part cross first")
         results["latency"] = latency(Encoder(path, encoder_device), out)  # timed: no memo
+    if part in ("all", "volume"):
+        results["volume"] = volume(Encoder(path, encoder_device), default_base(home), examples)
     if as_json:
         print(json.dumps(results, indent=2))
     else:

@@ -20,6 +20,10 @@ from switchboard_lora.router.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
+# Sets every router of one encoder shares (the shipped general requests), embedded once per
+# process: (encoder identity, set key) -> vectors.
+_SHARED: dict[tuple[str, str], np.ndarray] = {}
+
 
 class EmbeddingCache:
     def __init__(self, encoder: Encoder, directory: Path | None) -> None:
@@ -44,6 +48,21 @@ class EmbeddingCache:
         if version_key and self.directory and (missing or not self._file(version_key).exists()):
             self._save(version_key, keys)
         return np.stack([self._vectors[k] for k in keys])
+
+    def shared(
+        self, texts: tuple[str, ...], key: str, preset: np.ndarray | None = None
+    ) -> np.ndarray:
+        """An immutable set that every router of this encoder uses (`key` names its content):
+        `preset` where its vectors were shipped, else embedded once per process and kept on
+        disk like a version's examples."""
+        found = _SHARED.get((self.encoder.identity, key))
+        if found is None:
+            if preset is not None and preset.shape == (len(texts), self.encoder.dim):
+                found = preset
+            else:
+                found = self.vectors(list(texts), key)
+            _SHARED[(self.encoder.identity, key)] = found
+        return found
 
     def _file(self, version_key: str) -> Path:
         assert self.directory is not None

@@ -11,6 +11,7 @@ import numpy as np
 
 from switchboard_lora.registry.records import VersionInfo
 from switchboard_lora.registry.route_store import BASE_ROUTE
+from switchboard_lora.router.gate import DEFAULT_THRESHOLD
 
 Kind = Literal["base", "adapter", "mix"]
 
@@ -69,7 +70,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    threshold: float = 0.5  # an in-domain score below it (or a route's calibrated one): base
+    threshold: float = DEFAULT_THRESHOLD  # an in-domain score below it (or a route's own): base
     top_k: int = 1  # >1: mix up to k LoRA adapters of one base
     temperature: float = 1.0  # of the softmax over log-scores giving a mix's weights
 

@@ -34,7 +34,9 @@ from switchboard_lora.router.decision import Choice, Decision, Policy, RouteTarg
 from switchboard_lora.router.encoder import Encoder
 from switchboard_lora.router.encoder_cache import EncoderModels
 from switchboard_lora.router.files import read_routes
-from switchboard_lora.router.scorers import DEFAULT_THRESHOLD, Scorer, ScoringMethod, make_scorer
+from switchboard_lora.router.gate import DEFAULT_THRESHOLD, OpenSetGate
+from switchboard_lora.router.general import general_requests, shipped_vectors
+from switchboard_lora.router.scorers import Scorer, ScoringMethod, make_scorer
 from switchboard_lora.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ class FileRoutes:
 
 
 class _Index:
-    """Routes, their fitted scorer; immutable once built (swapped whole on a change)."""
+    """Routes, their fitted scorer and gate; immutable once built (swapped whole on a change)."""
 
     def __init__(
         self,
@@ -197,6 +199,7 @@ class _Index:
         cache: EmbeddingCache,
         method: ScoringMethod,
         previous: _Index | None = None,
+        general: bool = True,
     ) -> None:
         self.routes = {r.name: r for r in routes}
         self.targets = {r.name: r.target for r in routes}
@@ -212,14 +215,26 @@ class _Index:
                 labels.append(route.name)
                 weights.append(route.description_weight)
         self.scorer: Scorer | None = None
+        self.gate: OpenSetGate | None = None
         if labels:
+            matrix, tags = np.concatenate(vectors), np.asarray(labels)
             self.scorer = make_scorer(method)
             start = previous.scorer if previous else None  # a change refits from the last fit
-            self.scorer.fit(np.concatenate(vectors), labels, np.asarray(weights), start)
+            self.scorer.fit(matrix, labels, np.asarray(weights), start)
+            self.gate = OpenSetGate(
+                {name: matrix[tags == name] for name in self.routes if name != BASE_ROUTE},
+                self._general(cache) if general else matrix[:0],
+                matrix[tags == BASE_ROUTE],
+            )
 
     @property
     def classes(self) -> list[str]:
         return self.scorer.classes if self.scorer else []
+
+    @staticmethod
+    def _general(cache: EmbeddingCache) -> np.ndarray:
+        texts, key = general_requests()
+        return cache.shared(texts, key, shipped_vectors(cache.encoder.identity))
 
 
 class Router:
@@ -232,11 +247,13 @@ class Router:
         method: ScoringMethod = "linear",
         cache_dir: Path | None = None,
         refit_wait_s: float = REFIT_WAIT_S,
+        general: bool = True,
     ) -> None:
         self.source = source
         self.encoder = encoder
         self.policy = policy or Policy()
         self.method = method
+        self.general = general  # the shipped general requests as the gate's base side
         self.cache = EmbeddingCache(encoder, cache_dir)
         self.refit_wait_s = refit_wait_s
         self.rebuilds = 0
@@ -283,7 +300,7 @@ class Router:
 
     def _build(self, previous: _Index | None) -> _Index:
         routes = self.source.load(self.scores_key)
-        return _Index(routes, self.cache, self.method, previous)
+        return _Index(routes, self.cache, self.method, previous, self.general)
 
     def _install(self, index: _Index, state: Hashable) -> _Index:
         self._index, self._state = index, state
@@ -307,10 +324,11 @@ class Router:
 
     @property
     def scores_key(self) -> str:
-        """What calibrated thresholds are valid for: this encoder's in-domain scores of this
-        method (thresholds fitted on another encoder's, method's or an older scoring's scores
-        do not apply)."""
-        what = f"{self.encoder.identity}/{self.method}/in-domain, best of n"
+        """What calibrated thresholds are valid for: this encoder's in-domain scores, from
+        this method's choice and this gate (thresholds fitted on another encoder's, method's,
+        gate's or general set's scores do not apply)."""
+        general = general_requests()[1] if self.general else "no general requests"
+        what = f"{self.encoder.identity}/{self.method}/open-set gate/{general}"
         return hashlib.sha256(what.encode()).hexdigest()
 
     @property
@@ -345,8 +363,10 @@ class Router:
                 Decision("base", reason="no routes", truncated=p.truncated, tokens=p.tokens)
                 for p in prepared
             ]
-        scores = index.scorer.scores(self.encoder.encode([p.text for p in prepared]))
-        gates = index.scorer.in_domain(scores)
+        queries = self.encoder.encode([p.text for p in prepared])
+        scores = index.scorer.scores(queries)
+        assert index.gate is not None  # built with the scorer
+        gates = index.gate.scores(queries, index.classes, scores)
         decisions = []
         for p, row, gate in zip(prepared, scores, gates, strict=True):
             kind, choices, reason = self.policy.decide(index.classes, row, gate, index.targets)
@@ -404,7 +424,7 @@ def build_router(
     method = method or settings.router_method
     threshold = settings.router_threshold
     policy = Policy(
-        DEFAULT_THRESHOLD[method] if threshold is None else threshold,
+        DEFAULT_THRESHOLD if threshold is None else threshold,
         settings.router_top_k,
         settings.router_temperature,
     )
@@ -415,4 +435,5 @@ def build_router(
         policy,
         method=method,
         cache_dir=home / "embeddings" if home else None,
+        general=settings.router_general,
     )

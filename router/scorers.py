@@ -1,10 +1,9 @@
-"""How a request is scored against the routes, and how far it belongs to them.
+"""Which route fits a request best: the scorers.
 
-Classes are the route names, plus `base` when there are negative examples. Each scorer is
-fitted on the example vectors (unit length) and scores a batch of queries at once: one score
-in [0, 1] per class (which route fits best), and from those one *in-domain* score per route
-(does the request belong to that route rather than to the base?). The policy picks the route
-by the first and gates it by the second: two questions, answered apart.
+Classes are the route names, plus `base` when the operator gave negative examples. Each
+scorer is fitted on the example vectors (unit length) and scores a batch of queries at once:
+one score in [0, 1] per class. Whether the request belongs to its best route at all is the
+gate's question (`gate.py`), answered apart.
 
 - `linear` (default): multinomial logistic regression on the embeddings, with `base` as a
   class of its own. Measured best on requests phrased unlike the examples (bench/router.py),
@@ -19,13 +18,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from switchboard_lora.registry.route_store import BASE_ROUTE
-
 ScoringMethod = Literal["linear", "centroid", "knn"]
 METHODS: tuple[ScoringMethod, ...] = ("linear", "centroid", "knn")
-# Uncalibrated thresholds on the in-domain score, per method (a probability against the base,
-# a cosine, a vote share); `switchboard route calibrate` fits one per route.
-DEFAULT_THRESHOLD: dict[ScoringMethod, float] = {"linear": 0.5, "centroid": 0.2, "knn": 0.5}
 
 
 class Scorer(Protocol):
@@ -43,19 +37,9 @@ class Scorer(Protocol):
 
     def scores(self, queries: np.ndarray) -> np.ndarray: ...
 
-    def in_domain(self, scores: np.ndarray) -> np.ndarray: ...
-
 
 def _classes(labels: list[str]) -> list[str]:
     return sorted(set(labels))
-
-
-def _unless_base_wins(classes: list[str], scores: np.ndarray) -> np.ndarray:
-    """A similarity as the in-domain score, zeroed where the base examples are as close."""
-    if BASE_ROUTE not in classes:
-        return scores
-    base = scores[:, [classes.index(BASE_ROUTE)]]
-    return np.where(scores > base, scores, 0.0)
 
 
 class CentroidScorer:
@@ -81,9 +65,6 @@ class CentroidScorer:
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         return np.clip(queries @ self._centroids.T, 0.0, 1.0)
-
-    def in_domain(self, scores: np.ndarray) -> np.ndarray:
-        return _unless_base_wins(self.classes, scores)
 
 
 class KnnScorer:
@@ -117,44 +98,10 @@ class KnnScorer:
         total = votes.sum(axis=1, keepdims=True)
         return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
 
-    def in_domain(self, scores: np.ndarray) -> np.ndarray:
-        return _unless_base_wins(self.classes, scores)
-
-
-# A lone route without `base` examples has nothing to be told apart from: its in-domain score
-# weighs its cosine against this one, so 0.5 means a cosine of 0.25 (the old default there).
-SINGLE_ROUTE_BASE_COSINE = 0.25
-
-
-# The base's odds against the best of N routes: (N / 6)^0.4 past 6 routes. The slope was
-# fitted on the gate sweep of `bench/router_scale.py` (BIG-bench tasks as 5 to 820 routes,
-# two samples of routes, two sets of general requests: the threshold keeping false fallback
-# near 0.05 rose as 0.4 log N); the knee leaves the cross-source sets (3-5 routes, where the
-# 0.5 default was chosen) as they were, and 40 near-twin code routes (tests/test_router.py)
-# their domain requests. Fallback recall at 100-820 routes: 0.72-0.95 with false fallback at
-# most 0.04, against 0.00-0.17 with the base's odds unscaled.
-BEST_OF_N_ROUTES = 6
-BEST_OF_N_EXPONENT = 0.4
-
-
-def best_of(routes: int) -> float:
-    return max(1.0, routes / BEST_OF_N_ROUTES) ** BEST_OF_N_EXPONENT
-
 
 class LinearScorer:
     """Softmax over a linear map of the embedding. With a single class there is nothing to
-    discriminate: it scores by centroid similarity instead, so the threshold still decides.
-
-    A route's in-domain score is its probability against the base alone, with the base's
-    odds raised for the number of routes N: p_r / (p_r + f(N) p_base). The ratio depends on
-    those two logits only (a threshold on p_r itself sinks as routes are added and split the
-    mass), and f(N) answers the best-of-N effect: on a request that belongs to no route, the
-    best of N routes outscores the base more often the more routes there are, its lead
-    growing like log N. So one threshold passes about as few general requests at 800 routes
-    as at 5. With no `base` examples it is the route's odds against the best route,
-    p_r / p_top: nothing speaks against the best route, and a mix partner must be near as
-    likely as it.
-    """
+    discriminate: it scores by centroid similarity instead."""
 
     def __init__(self, c: float = 1.0) -> None:
         self.c = c
@@ -229,14 +176,6 @@ class LinearScorer:
         logits -= logits.max(axis=1, keepdims=True)
         odds = np.exp(logits)
         return odds / odds.sum(axis=1, keepdims=True)
-
-    def in_domain(self, scores: np.ndarray) -> np.ndarray:
-        if self._single is not None:  # its cosine against a notional base at a fixed cosine
-            return scores / np.maximum(scores + SINGLE_ROUTE_BASE_COSINE, 1e-30)
-        if BASE_ROUTE in self.classes:
-            against = scores[:, [self.classes.index(BASE_ROUTE)]] * best_of(len(self.classes) - 1)
-            return scores / np.maximum(scores + against, 1e-30)
-        return scores / scores.max(axis=1, keepdims=True)
 
 
 def make_scorer(method: ScoringMethod) -> Scorer:

@@ -28,8 +28,14 @@ class RouterSettings(BaseModel):
         default=None,
         ge=0.0,
         le=1.0,
-        description="a route's score below which the answer is the base, unless calibrated; "
-        "default: the method's own (scores mean different things per method)",
+        description="the in-domain score (the share of general requests a request is nearer "
+        "to its route than) below which the answer is the base, unless calibrated; "
+        "default: 0.95",
+    )
+    router_general: bool = Field(
+        default=True,
+        description="weigh requests against the general requests shipped with Switchboard, "
+        "so that one belonging to no route goes to the base even without `base` examples",
     )
     router_top_k: int = Field(
         default=1, ge=1, description="mix up to this many LoRA adapters (1: never mix)"

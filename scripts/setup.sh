@@ -18,7 +18,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
 # The install is a link tree (setuptools' strict editable mode): the package folders are mapped
 # into `switchboard_lora`, and a plain tree is what mypy and import-linter can read. Edits show
 # at once; a module added or removed needs new links, so the file list is part of the stamp.
-files="$(find switchboard registry router trainer serving -type f \( -name '*.py' -o -name '*.typed' -o -name '*.mako' -o -name '*.html' -o -name '*.css' -o -name '*.js' \) | sort | sha256sum | cut -d' ' -f1)"
+files="$(find switchboard registry router trainer serving -type f \( -name '*.py' -o -name '*.typed' -o -name '*.mako' -o -name '*.html' -o -name '*.css' -o -name '*.js' -o -name '*.jsonl' -o -name '*.npy' \) | sort | sha256sum | cut -d' ' -f1)"
 links=".venv/.switchboard-links"
 strict=(--config-settings editable_mode=strict)
 if (( ! dry_run )) && [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then

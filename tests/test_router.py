@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.paths import DATA
+from support.paths import DATA, ROOT
 from switchboard_lora.registry import BaseModelInfo, ManifestDraft, Registry, SwitchboardError
 from switchboard_lora.registry.errors import ErrorCode
 from switchboard_lora.registry.records import VersionInfo
@@ -28,6 +28,7 @@ from switchboard_lora.router.scorers import LinearScorer
 from switchboard_lora.trainer.data import load_jsonl
 from switchboard_lora.trainer.loop import routing_sample
 
+EXTRACTS = ROOT / "bench" / "data" / "routing"
 GENERAL_REQUESTS = [  # requests that belong to no demo domain: the `base` route's examples
     "What's the weather going to be like in Lisbon this weekend?",
     "Can you recommend a good novel to read on holiday?",
@@ -135,20 +136,23 @@ def test_negative_examples_send_requests_to_the_base(
     publish(registry, lora_dir_2, "sql", tiny_base, requests("sql", "train", 30))
     router = Router(RegistryRoutes(registry), encoder)
     weather = "Will it rain in Oslo tomorrow afternoon?"
-    assert router.decide(weather).kind == "adapter"  # no negatives: nothing speaks for base
+    # No `base` examples of the operator's: the general requests shipped with the router
+    # speak for the base. Without them nothing did, and every request got an adapter.
+    assert router.decide(weather).kind == "base"
+    assert (
+        Router(RegistryRoutes(registry), encoder, general=False).decide(weather).kind == "adapter"
+    )
+    calories = "How many calories are in two bananas?"  # numbers: near enough to math
+    assert router.decide(calories).kind == "adapter"
     added = registry.routes.add_examples(
         "base",
-        [
-            "What's the weather forecast for Berlin?",
-            "Is it going to snow in Denver this week?",
-            *GENERAL_REQUESTS,
-        ],
+        ["How many calories are in an apple?", "How much protein is in an egg?", *GENERAL_REQUESTS],
         "operator",
     )
     assert added == len(GENERAL_REQUESTS) + 2
-    decision = router.decide(weather)
+    decision = router.decide(calories)  # what the operator said goes
     assert decision.kind == "base" and decision.in_domain is not None
-    assert f"in-domain {decision.in_domain:.3f} < threshold 0.500" in decision.reason
+    assert f"in-domain {decision.in_domain:.3f} < threshold 0.950" in decision.reason
     # Bad additions and removals are refused whole: nothing changes.
     for texts in (["fine", "   "], ["x" * 20_001]):
         with pytest.raises(SwitchboardError) as bad:
@@ -160,7 +164,7 @@ def test_negative_examples_send_requests_to_the_base(
     assert len(registry.routes.examples("base")) == added
     # Removing them again restores the old behaviour: the change is live both ways.
     registry.routes.remove_examples("base")
-    assert router.decide(weather).kind == "adapter"
+    assert router.decide(calories).kind == "adapter"
 
 
 def test_explicit_refs_bypass_routing(two_routes: Registry, encoder: Encoder) -> None:
@@ -190,7 +194,7 @@ def _version(name: str, method: str = "lora", base: str = "b1") -> VersionInfo:
 def test_mixing_policy_weights_and_guards() -> None:
     classes = ["base", "code", "math", "sql", "chat"]
     scores = np.array([0.05, 0.10, 0.45, 0.30, 0.10])
-    in_domain = np.array([0.0, 0.67, 0.90, 0.86, 0.67])
+    in_domain = np.array([0.0, 0.97, 0.99, 0.97, 0.97])
     targets = {
         "code": RouteTarget(_version("code", base="b2")),  # another base: never mixed in
         "math": RouteTarget(_version("math")),
@@ -210,12 +214,12 @@ def test_mixing_policy_weights_and_guards() -> None:
     kind, choices, _ = mixing.decide(classes, prefix_top, in_domain, targets)
     assert kind == "adapter" and choices[0].route == "chat"
     # A calibrated threshold keeps a second route that is less surely in its domain out.
-    targets["sql"] = RouteTarget(_version("sql"), threshold=0.88)
+    targets["sql"] = RouteTarget(_version("sql"), threshold=0.98)
     kind, choices, _ = mixing.decide(classes, scores, in_domain, targets)
     assert kind == "adapter" and choices[0].route == "math"
     # Below its threshold the top route gives way to the base, however well it scores.
-    kind, _, reason = Policy(threshold=0.95).decide(classes, scores, in_domain, targets)
-    assert kind == "base" and "in-domain 0.900 < threshold 0.950" in reason
+    kind, _, reason = Policy(threshold=0.995).decide(classes, scores, in_domain, targets)
+    assert kind == "base" and "in-domain 0.990 < threshold 0.995" in reason
 
 
 def test_bad_input_is_refused_clearly(two_routes: Registry, encoder: Encoder) -> None:
@@ -311,7 +315,8 @@ def test_embedding_cache_is_per_encoder_and_survives_restarts(
     cache = home / "embeddings"
     Router(RegistryRoutes(two_routes), encoder, cache_dir=cache).index()
     files = sorted(p.name for p in (cache / encoder.identity[:32]).iterdir())
-    assert len(files) == 2 and all(f.endswith(".npz") for f in files)  # one per version
+    # One per version (the general requests' vectors for this encoder ship in the package).
+    assert len(files) == 2 and all(f.endswith(".npz") for f in files)
 
     restarted = Router(RegistryRoutes(two_routes), encoder, cache_dir=cache)
     restarted.cache._vectors.clear()  # a new process: nothing in memory
@@ -443,17 +448,43 @@ def test_a_change_refits_from_the_last_fit_to_the_same_decisions(
         np.testing.assert_allclose(warm.scores(vectors), cold.scores(vectors), atol=0.01)
 
 
-def test_routes_without_base_examples_route_every_request(tmp_path: Path, encoder: Encoder) -> None:
-    """No `base` examples: nothing speaks for the base, so no request falls back to it, and
-    few examples per route (a flat softmax) do not make the gate give way."""
+def test_routes_without_base_examples_still_send_general_requests_to_base(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """No `base` examples and 5 examples per route: the gate weighs requests against the
+    general requests shipped with the router, so general requests go to the base and the
+    routes' own requests (phrased as their examples are) mostly pass."""
     from switchboard_lora.demo_data import DOMAINS
 
     path = _routes_file(tmp_path / "routes.jsonl", {d: requests(d, "train", 5) for d in DOMAINS})
     held = [(t, d) for d in DOMAINS for t in requests(d, "eval", 20)]
-    report = evaluate(Router(FileRoutes(path), encoder), held)
-    assert report.false_fallback_rate == 0.0
-    centroid = Router(FileRoutes(path), encoder, Policy(threshold=0.2), method="centroid")
-    assert report.accuracy >= evaluate(centroid, held).accuracy
+    general = [(t, "base") for t in UNSEEN_GENERAL]
+    report = evaluate(Router(FileRoutes(path), encoder), held + general)
+    assert report.fallback_recall is not None and report.fallback_recall >= 0.7, report.confusion
+    assert report.false_fallback_rate is not None and report.false_fallback_rate <= 0.15
+    alone = evaluate(Router(FileRoutes(path), encoder, general=False), held + general)
+    assert alone.fallback_recall == 0.0  # nothing spoke for the base
+    centroid = Router(FileRoutes(path), encoder, method="centroid")
+    assert report.in_domain_accuracy is not None
+    assert report.in_domain_accuracy >= (evaluate(centroid, held).in_domain_accuracy or 0.0)
+
+
+def test_a_route_set_without_base_examples_on_other_sources(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    """The demo's domains routed on their adapters' 50 examples each, no `base` examples,
+    tested on requests from other sources and general requests (the committed benchmark
+    extract): general requests go to the base, where before nothing could send them there."""
+    rows = [json.loads(line) for line in (EXTRACTS / "demo_test.jsonl").read_text().splitlines()]
+    test = [(r["text"], r["expected"]) for r in rows[::3]]
+    from switchboard_lora.demo_data import DOMAINS
+
+    path = _routes_file(tmp_path / "routes.jsonl", {d: requests(d, "train", 50) for d in DOMAINS})
+    report = evaluate(Router(FileRoutes(path), encoder), test)
+    alone = evaluate(Router(FileRoutes(path), encoder, general=False), test)
+    assert alone.fallback_recall == 0.0
+    assert report.fallback_recall is not None and report.fallback_recall >= 0.5, report.confusion
+    assert report.accuracy >= alone.accuracy + 0.05, (report.accuracy, alone.accuracy)
 
 
 def test_a_description_is_evidence_beside_few_examples(
@@ -527,7 +558,7 @@ def test_a_slow_refit_runs_beside_routing(tmp_path: Path, encoder: Encoder) -> N
     source = _SlowRoutes(
         _routes_file(tmp_path / "a.jsonl", {"math": math, "base": GENERAL_REQUESTS})
     )
-    router = Router(source, encoder, refit_wait_s=0.3)
+    router = Router(source, encoder, Policy(threshold=0.0), refit_wait_s=0.3)  # no gate
     query = requests("sql", "eval", 1)[0]
     assert router.decide(query).choices[0].ref == "math"  # the only route there is
 
@@ -551,3 +582,52 @@ def test_a_slow_refit_runs_beside_routing(tmp_path: Path, encoder: Encoder) -> N
     source.fail = False  # the same state is not retried; the next change is
     source.use(_routes_file(tmp_path / "d.jsonl", {"sql": sql, "base": GENERAL_REQUESTS}))
     assert router.refresh().classes == ["base", "sql"]
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_gate_scores_a_request_against_general_requests_per_route() -> None:
+    """The in-domain score is the share of general requests less near to the route than the
+    request is; the operator's `base` examples override it where they are nearer; a general
+    request that repeats a route's own example is no evidence against the route."""
+    from switchboard_lora.router.gate import OpenSetGate
+
+    rng = np.random.default_rng(7)
+    centre = _unit(rng.standard_normal((1, 32)))
+    examples = _unit(centre + 0.3 * rng.standard_normal((6, 32)))
+    general = _unit(rng.standard_normal((200, 32)))
+    gate = OpenSetGate({"r": examples}, general)
+    near, far = _unit(centre + 0.1 * rng.standard_normal((1, 32))), general[:1]
+    assert gate.in_domain(near, "r")[0] == 1.0  # nearer than every general request
+    assert gate.in_domain(far, "r")[0] <= 1.0 - 1 / 200  # a general request is not
+    # The scores are percentiles: over the general requests themselves, about uniform.
+    own = gate.in_domain(general, "r")
+    assert abs(float(np.mean(own)) - 0.5) < 0.05 and own.min() >= 0.0
+    # Negatives nearer than the route send a request to 0, wherever it stands otherwise.
+    negatives = _unit(near + 0.01 * rng.standard_normal((3, 32)))
+    assert OpenSetGate({"r": examples}, general, negatives).in_domain(near, "r")[0] == 0.0
+    # A general request that repeats a route example is left out of that route's percentile.
+    echoed = OpenSetGate({"r": examples}, np.concatenate([general, examples]))
+    np.testing.assert_array_equal(echoed.in_domain(general, "r"), own)
+    # No general requests and no negatives: nothing speaks for the base.
+    assert OpenSetGate({"r": examples}, general[:0]).in_domain(far, "r")[0] == 1.0
+    # Laid out per class, for each request's best routes only.
+    classes = ["base", "r"]
+    scores = OpenSetGate({"r": examples}, general).scores(near, classes, np.array([[0.1, 0.9]]))
+    assert scores.shape == (1, 2) and scores[0, 0] == 0.0 and scores[0, 1] == 1.0
+
+
+def test_the_general_requests_vectors_shipped_are_the_default_encoders(encoder: Encoder) -> None:
+    """The package ships the general requests' vectors under the default encoder, so a
+    first start does not embed them: they must be what that encoder gives (float16)."""
+    from switchboard_lora.router.general import general_requests, shipped_vectors
+
+    texts, _ = general_requests()
+    shipped = shipped_vectors(encoder.identity)
+    assert shipped is not None and shipped.shape == (len(texts), encoder.dim)
+    sample = list(range(0, len(texts), 97))
+    fresh = encoder.encode([texts[i] for i in sample])
+    np.testing.assert_allclose(shipped[sample], fresh, atol=2e-3)
+    assert shipped_vectors("0" * 64) is None  # another encoder embeds them itself
