@@ -4,17 +4,19 @@ A scorer says which route fits a request best; the gate says whether it fits tha
 well enough to leave the base. It needs no `base` examples from the operator:
 
 - a request's **nearness** to a route is the mean cosine of its `K` nearest examples there;
-- the route's **in-domain score** for the request is the share of general requests (shipped
-  with the router, `general.py`) that are less near to the route than the request is: a
-  percentile, calibrated per route against everything else people ask, so 0.95 means "nearer
-  to this route than 95 % of general requests are";
+- its **in-domain score** for the route is the mean of two shares of general requests
+  (shipped with the router, `general.py`), both below the request's nearness: those less
+  near to *this route*, and those less near to *the route they are nearest to*. The first
+  calibrates per route (a route of tight examples and one of loose ones mean the same); the
+  second answers the best of N: a general request is nearer to *some* route the more routes
+  there are, and the score must not rise with the count. 0.9 reads "nearer to this route
+  than about 90 % of general requests are to theirs";
 - where the operator gave `base` examples (negatives, labels from the review loop), a request
   at least as near to them as to the route scores 0: what the operator said goes.
 
 General requests that say the same as a route's own examples (cosine >= `NEAR_ROUTE_COSINE`
-to one of them) are left out of that route's percentile. Chosen on the benchmark sets by the
-worst of them (docs/routing.md, Benchmarks): with no `base` examples it sends most general
-requests to the base, where a gate that only weighed routes against each other sent none.
+to one of them) are left out of both shares. Chosen on the benchmark sets by the worst of them
+(docs/benchmarks.md, Router).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import numpy as np
 from switchboard_lora.router.general import NEAR_ROUTE_COSINE
 
 # The in-domain score below which a request goes to the base, unless `switchboard route
-# calibrate` fitted one for the route: nearer to the route than 95 % of general requests.
-DEFAULT_THRESHOLD = 0.95
+# calibrate` fitted one for the route.
+DEFAULT_THRESHOLD = 0.9
 K = 3  # examples a nearness averages over (fewer where a route has fewer)
 CANDIDATES = 8  # routes per request that get an in-domain score: the best-scoring ones
 
@@ -34,9 +36,19 @@ def nearness(queries: np.ndarray, examples: np.ndarray) -> np.ndarray:
     """Per query, the mean cosine of its `K` nearest rows of `examples` (-1 with none)."""
     if not len(examples):
         return np.full(len(queries), -1.0, dtype=np.float32)
-    similarity = queries @ examples.T
-    k = min(K, examples.shape[0])
+    return _top_mean(queries @ examples.T)
+
+
+def _top_mean(similarity: np.ndarray) -> np.ndarray:
+    k = min(K, similarity.shape[1])
     return np.partition(similarity, -k, axis=1)[:, -k:].mean(axis=1)
+
+
+def _share_below(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value, the share of the sorted `reference` at or below it (1 with no reference)."""
+    if not len(reference):
+        return np.ones(len(values), dtype=np.float32)
+    return np.searchsorted(reference, values, side="right") / len(reference)
 
 
 class OpenSetGate:
@@ -52,22 +64,27 @@ class OpenSetGate:
         self.routes = routes
         self.negatives = negatives if negatives is not None and len(negatives) else None
         self._general: dict[str, np.ndarray] = {}  # route -> general requests' nearness, sorted
+        best = np.full(len(general), -np.inf, dtype=np.float32)  # nearness to their best route
+        echo = np.zeros(len(general), dtype=bool)  # repeats some route's own example
         for name, examples in routes.items():
             if not len(general):
                 continue
-            kept = general[(general @ examples.T).max(axis=1) < NEAR_ROUTE_COSINE]
-            self._general[name] = np.sort(nearness(kept, examples))
+            similarity = general @ examples.T
+            near, kept = _top_mean(similarity), similarity.max(axis=1) < NEAR_ROUTE_COSINE
+            self._general[name] = np.sort(near[kept])
+            best, echo = np.maximum(best, near), echo | ~kept
+        self._best = np.sort(best[~echo])
 
     def in_domain(self, queries: np.ndarray, route: str) -> np.ndarray:
         """Each query's in-domain score for `route`, in [0, 1]."""
         near = nearness(queries, self.routes[route])
-        reference = self._general.get(route)
-        score: np.ndarray = np.ones(len(queries), dtype=np.float32)
-        if reference is not None and len(reference):
-            score = np.searchsorted(reference, near, side="right") / len(reference)
+        if route in self._general:
+            score = (_share_below(self._general[route], near) + _share_below(self._best, near)) / 2
+        else:  # no general requests: nothing speaks for the base but the operator
+            score = np.ones(len(queries), dtype=np.float32)
         if self.negatives is not None:
             score = np.where(nearness(queries, self.negatives) >= near, 0.0, score)
-        return score.astype(np.float32)
+        return np.asarray(score, dtype=np.float32)
 
     def scores(self, queries: np.ndarray, classes: list[str], ranked: np.ndarray) -> np.ndarray:
         """In-domain scores laid out like the scorer's (one column per class), for each

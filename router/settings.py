@@ -28,9 +28,9 @@ class RouterSettings(BaseModel):
         default=None,
         ge=0.0,
         le=1.0,
-        description="the in-domain score (the share of general requests a request is nearer "
-        "to its route than) below which the answer is the base, unless calibrated; "
-        "default: 0.95",
+        description="the in-domain score (about: the share of general requests a request is "
+        "nearer to its route than they are to theirs) below which the answer is the base, "
+        "unless calibrated; default: 0.9",
     )
     router_general: bool = Field(
         default=True,

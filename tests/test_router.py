@@ -152,7 +152,7 @@ def test_negative_examples_send_requests_to_the_base(
     assert added == len(GENERAL_REQUESTS) + 2
     decision = router.decide(calories)  # what the operator said goes
     assert decision.kind == "base" and decision.in_domain is not None
-    assert f"in-domain {decision.in_domain:.3f} < threshold 0.950" in decision.reason
+    assert f"in-domain {decision.in_domain:.3f} < threshold 0.900" in decision.reason
     # Bad additions and removals are refused whole: nothing changes.
     for texts in (["fine", "   "], ["x" * 20_001]):
         with pytest.raises(SwitchboardError) as bad:
@@ -589,9 +589,9 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 
 def test_the_gate_scores_a_request_against_general_requests_per_route() -> None:
-    """The in-domain score is the share of general requests less near to the route than the
-    request is; the operator's `base` examples override it where they are nearer; a general
-    request that repeats a route's own example is no evidence against the route."""
+    """The in-domain score is made of shares of general requests less near than the request
+    (to the route; to their own best route); the operator's `base` examples override it where
+    they are nearer; a general request that repeats a route's own example is no evidence."""
     from switchboard_lora.router.gate import OpenSetGate
 
     rng = np.random.default_rng(7)
@@ -610,7 +610,8 @@ def test_the_gate_scores_a_request_against_general_requests_per_route() -> None:
     assert OpenSetGate({"r": examples}, general, negatives).in_domain(near, "r")[0] == 0.0
     # A general request that repeats a route example is left out of that route's percentile.
     echoed = OpenSetGate({"r": examples}, np.concatenate([general, examples]))
-    np.testing.assert_array_equal(echoed.in_domain(general, "r"), own)
+    # (the same shares, but for a tie moved by float rounding: at most one request in 200)
+    np.testing.assert_allclose(echoed.in_domain(general, "r"), own, atol=1 / 200 + 1e-6)
     # No general requests and no negatives: nothing speaks for the base.
     assert OpenSetGate({"r": examples}, general[:0]).in_domain(far, "r")[0] == 1.0
     # Laid out per class, for each request's best routes only.

@@ -55,6 +55,14 @@ def serve(
         settings.upstreams = upstream
     open_base(ctx, settings.base)  # a missing base fails here, saying how to get it
     open_registry(settings).close()  # so do a damaged or unreachable registry database
+    if settings.encoder is None:  # on a GPU the strong encoder, pulled on first use
+        from switchboard_lora.encoder_pull import encoder_for
+        from switchboard_lora.router.devices import torch_device
+        from switchboard_lora.router.encoder_cache import EncoderModels
+
+        device = torch_device(settings.encoder_device or settings.device, "encoder device")
+        settings.encoder, why = encoder_for(device, EncoderModels(settings.home_dir / "encoders"))
+        typer.echo(why, err=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
