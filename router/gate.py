@@ -12,7 +12,8 @@ well enough to leave the base. It needs no `base` examples from the operator:
   there are, and the score must not rise with the count. 0.9 reads "nearer to this route
   than about 90 % of general requests are to theirs";
 - where the operator gave `base` examples (negatives, labels from the review loop), a request
-  at least as near to them as to the route scores 0: what the operator said goes.
+  whose nearest negative is at least as near as the route's nearest example scores 0: what
+  the operator said goes, and a text labelled for a route is never overruled by negatives.
 
 General requests that say the same as a route's own examples (cosine >= `NEAR_ROUTE_COSINE`
 to one of them) are left out of both shares. Chosen on the benchmark sets by the worst of them
@@ -82,8 +83,9 @@ class OpenSetGate:
             score = (_share_below(self._general[route], near) + _share_below(self._best, near)) / 2
         else:  # no general requests: nothing speaks for the base but the operator
             score = np.ones(len(queries), dtype=np.float32)
-        if self.negatives is not None:
-            score = np.where(nearness(queries, self.negatives) >= near, 0.0, score)
+        if self.negatives is not None:  # nearest against nearest: a labelled text keeps its label
+            nearest = (queries @ self.routes[route].T).max(axis=1)
+            score = np.where((queries @ self.negatives.T).max(axis=1) >= nearest, 0.0, score)
         return np.asarray(score, dtype=np.float32)
 
     def scores(self, queries: np.ndarray, classes: list[str], ranked: np.ndarray) -> np.ndarray:
