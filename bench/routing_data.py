@@ -9,7 +9,7 @@ requests the router ships, `router/data/general_requests.jsonl`). `--check` rebu
 scratch folder and compares, byte for byte, with what is committed.
 
 Every row keeps its source's own label (`label`) beside the route it is expected to go to, so a
-test can check the one against the other (`LABEL_ROUTES`) without the sources.
+test can check the one against the other without the sources (`tests/test_routing_data.py`).
 """
 
 from __future__ import annotations
@@ -136,20 +136,6 @@ BBH_GENERAL = (
 # problem as much, and a label an operator could argue either way measures nothing.
 SCIBENCH_SCIENCE = ("atkins", "chemmc", "quan", "matter")
 
-# What each source label means for the demo routes: the contract the extract test checks.
-LABEL_ROUTES: dict[str, str] = {
-    **{
-        f"svamp:{t}": "math"
-        for t in ("Addition", "Subtraction", "Multiplication", "Common-Division", "Common-Divison")
-    },
-    "gsm8k": "math",
-    "sede": "sql",
-    **{f"scibench:{s}": "science" for s in SCIBENCH_SCIENCE},
-    "mbpp": "code",
-    "humaneval": "code",
-    f"clinc:{CLINC_DIALOGUE}": "dialogue",
-    **{f"bbh:{t}": "base" for t in BBH_GENERAL},
-}
 PER_DOMAIN_SOURCE = 60  # demo set: requests per (route, source)
 GENERAL_PER_SOURCE = 120  # demo set: general requests per source
 CLINC_TRAIN_PER_INTENT = 20
@@ -198,22 +184,8 @@ class Reader:
             capture_output=True,
         ).stdout
 
-    def glob(self, key: str, pattern: str) -> list[str]:
-        git = self._git(key)
-        folder, _, glob = pattern.rpartition("/")
-        if git is None:
-            return sorted(
-                p.relative_to(self._dir(key)).as_posix()
-                for p in (self._dir(key) / folder).glob(glob)
-            )
-        names = subprocess.run(
-            ["git", f"--git-dir={git}", "ls-tree", "--name-only", self.commit(key), folder + "/"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        suffix = glob.removeprefix("*")
-        return sorted(n for n in names if n.endswith(suffix))
+    def jsonl(self, key: str, path: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.read(key, path).splitlines() if line.strip()]
 
 
 def _clean(text: str) -> str:
@@ -305,17 +277,10 @@ def demo_test(reader: Reader, clinc_rows: list[dict[str, Any]]) -> list[dict[str
         answer = item["Answer"]
         number = str(int(answer)) if float(answer).is_integer() else str(answer)
         rows.append(_row(text, "math", "svamp", f"svamp:{item['Type']}", number))
-    gsm = [
-        json.loads(line)
-        for line in reader.read("gsm8k", "grade_school_math/data/test.jsonl").splitlines()
-    ]
+    gsm = reader.jsonl("gsm8k", "grade_school_math/data/test.jsonl")
     for item in _sample(gsm, PER_DOMAIN_SOURCE, "gsm8k"):
         rows.append(_row(item["question"], "math", "gsm8k", "gsm8k", _final_number(item["answer"])))
-    sede = []
-    for path in ("data/sede/val.jsonl", "data/sede/test.jsonl"):
-        sede += [
-            json.loads(line) for line in reader.read("sede", path).splitlines() if line.strip()
-        ]
+    sede = [r for p in ("val", "test") for r in reader.jsonl("sede", f"data/sede/{p}.jsonl")]
     # Titles alone are often not requests ("Graph: Total questions by date"): a user asking an
     # assistant for a query says so, as the Data Explorer's own page does.
     seen: set[str] = set()
@@ -337,21 +302,11 @@ def demo_test(reader: Reader, clinc_rows: list[dict[str, Any]]) -> list[dict[str
     for subset, item in _sample(science, PER_DOMAIN_SOURCE, "scibench"):
         answer = f"{item['answer_number']} {item.get('unit') or ''}".strip()
         rows.append(_row(item["problem_text"], "science", "scibench", f"scibench:{subset}", answer))
-    mbpp = [
-        json.loads(line)
-        for line in reader.read(
-            "mbpp", "CodeT/data/dataset/mbpp_sanitized_for_code_generation.jsonl"
-        ).splitlines()
-    ]
+    mbpp = reader.jsonl("mbpp", "CodeT/data/dataset/mbpp_sanitized_for_code_generation.jsonl")
     for item in _sample(mbpp, PER_DOMAIN_SOURCE, "mbpp"):
         ask = item["prompt"].split("'''")[1] if "'''" in item["prompt"] else item["prompt"]
         rows.append(_row(ask, "code", "mbpp", "mbpp", item["canonical_solution"]))
-    humaneval = [
-        json.loads(line)
-        for line in reader.read(
-            "mbpp", "CodeT/data/dataset/HumanEval_for_code_generation.jsonl"
-        ).splitlines()
-    ]
+    humaneval = reader.jsonl("mbpp", "CodeT/data/dataset/HumanEval_for_code_generation.jsonl")
     for item in _sample(humaneval, PER_DOMAIN_SOURCE, "humaneval"):
         text = f"Complete this Python function:\n{item['prompt'].strip()}"
         rows.append(_row(text, "code", "humaneval", "humaneval", item["canonical_solution"]))
