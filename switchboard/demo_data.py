@@ -47,7 +47,8 @@ def bigbench_sdist(home: Path) -> Path:
         raise SwitchboardError(
             e.code,
             f"{e.message}\nwhere pip cannot download it, give a copy of bigbench-1.0.0.tar.gz "
-            "as --sdist FILE (`switchboard data build` and the benchmarks take it)",
+            "to `switchboard data build --sdist FILE`; the demo reads a checkout's committed "
+            "extracts with --data DIR (a checkout's data/ folder)",
         ) from None
 
 
