@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +51,18 @@ class EmbeddingCache:
         return np.stack([self._vectors[k] for k in keys])
 
     def shared(
-        self, texts: tuple[str, ...], key: str, preset: np.ndarray | None = None
+        self,
+        texts: tuple[str, ...],
+        key: str,
+        shipped: Callable[[str], np.ndarray | None] = lambda identity: None,
     ) -> np.ndarray:
         """An immutable set that every router of this encoder uses (`key` names its content):
-        `preset` where its vectors were shipped, else embedded once per process and kept on
-        disk like a version's examples."""
+        once per process, the vectors `shipped` gives for this encoder's identity, else
+        embedded and kept on disk like a version's examples."""
         found = _SHARED.get((self.encoder.identity, key))
         if found is None:
-            if preset is not None and preset.shape == (len(texts), self.encoder.dim):
-                found = preset
-            else:
+            found = shipped(self.encoder.identity)
+            if found is None or found.shape != (len(texts), self.encoder.dim):
                 found = self.vectors(list(texts), key)
             _SHARED[(self.encoder.identity, key)] = found
         return found

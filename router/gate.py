@@ -24,23 +24,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from switchboard_lora.router.general import NEAR_ROUTE_COSINE
-
 # The in-domain score below which a request goes to the base, unless `switchboard route
 # calibrate` fitted one for the route.
 DEFAULT_THRESHOLD = 0.9
 K = 3  # examples a nearness averages over (fewer where a route has fewer)
+# A general request whose cosine to a route example reaches this is no evidence against the
+# route: it says the same as the route's own material.
+NEAR_ROUTE_COSINE = 0.8
 CANDIDATES = 8  # routes per request that get an in-domain score: the best-scoring ones
 
 
-def nearness(queries: np.ndarray, examples: np.ndarray) -> np.ndarray:
-    """Per query, the mean cosine of its `K` nearest rows of `examples` (-1 with none)."""
-    if not len(examples):
-        return np.full(len(queries), -1.0, dtype=np.float32)
-    return _top_mean(queries @ examples.T)
-
-
 def _top_mean(similarity: np.ndarray) -> np.ndarray:
+    """Nearness: per row, the mean of its `K` largest cosines (a route's rows are never empty)."""
     k = min(K, similarity.shape[1])
     return np.partition(similarity, -k, axis=1)[:, -k:].mean(axis=1)
 
@@ -67,9 +62,7 @@ class OpenSetGate:
         self._general: dict[str, np.ndarray] = {}  # route -> general requests' nearness, sorted
         best = np.full(len(general), -np.inf, dtype=np.float32)  # nearness to their best route
         echo = np.zeros(len(general), dtype=bool)  # repeats some route's own example
-        for name, examples in routes.items():
-            if not len(general):
-                continue
+        for name, examples in routes.items() if len(general) else ():
             similarity = general @ examples.T
             near, kept = _top_mean(similarity), similarity.max(axis=1) < NEAR_ROUTE_COSINE
             self._general[name] = np.sort(near[kept])
@@ -78,14 +71,23 @@ class OpenSetGate:
 
     def in_domain(self, queries: np.ndarray, route: str) -> np.ndarray:
         """Each query's in-domain score for `route`, in [0, 1]."""
-        near = nearness(queries, self.routes[route])
+        return self._in_domain(queries, route, self._nearest_negative(queries))
+
+    def _nearest_negative(self, queries: np.ndarray) -> np.ndarray | None:
+        """Each query's cosine to its nearest operator negative (None: there are none)."""
+        return None if self.negatives is None else (queries @ self.negatives.T).max(axis=1)
+
+    def _in_domain(
+        self, queries: np.ndarray, route: str, nearest_negative: np.ndarray | None
+    ) -> np.ndarray:
+        similarity = queries @ self.routes[route].T
+        near = _top_mean(similarity)
         if route in self._general:
             score = (_share_below(self._general[route], near) + _share_below(self._best, near)) / 2
         else:  # no general requests: nothing speaks for the base but the operator
             score = np.ones(len(queries), dtype=np.float32)
-        if self.negatives is not None:  # nearest against nearest: a labelled text keeps its label
-            nearest = (queries @ self.routes[route].T).max(axis=1)
-            score = np.where((queries @ self.negatives.T).max(axis=1) >= nearest, 0.0, score)
+        if nearest_negative is not None:  # nearest against nearest: a labelled text keeps its label
+            score = np.where(nearest_negative >= similarity.max(axis=1), 0.0, score)
         return np.asarray(score, dtype=np.float32)
 
     def scores(self, queries: np.ndarray, classes: list[str], ranked: np.ndarray) -> np.ndarray:
@@ -97,7 +99,10 @@ class OpenSetGate:
             return gates
         columns = np.asarray(routed)
         order = np.argsort(-ranked[:, columns], axis=1)[:, :CANDIDATES]
+        negative = self._nearest_negative(queries)  # once per query, not once per route
         for column in np.unique(columns[order]):
             rows = np.nonzero((columns[order] == column).any(axis=1))[0]
-            gates[rows, column] = self.in_domain(queries[rows], classes[column])
+            gates[rows, column] = self._in_domain(
+                queries[rows], classes[column], None if negative is None else negative[rows]
+            )
         return gates

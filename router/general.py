@@ -23,9 +23,6 @@ GENERAL_REQUESTS = Path(__file__).with_name("data") / "general_requests.jsonl"
 # bench.general_vectors` writes them): a first start, a CLI call or a new replica does not
 # spend ~20 s of CPU embedding them. Another encoder embeds them once and caches them on disk.
 SHIPPED_VECTORS = "general_requests.{identity}.f16.npy"
-# A shipped request whose cosine to any route example reaches this is no evidence against
-# the route: it says the same as the route's own material.
-NEAR_ROUTE_COSINE = 0.8
 
 
 @cache

@@ -234,7 +234,7 @@ class _Index:
     @staticmethod
     def _general(cache: EmbeddingCache) -> np.ndarray:
         texts, key = general_requests()
-        return cache.shared(texts, key, shipped_vectors(cache.encoder.identity))
+        return cache.shared(texts, key, shipped_vectors)  # read once per process
 
 
 class Router:
