@@ -16,12 +16,18 @@ from typing import Any
 from support.paths import DATA
 from switchboard_lora.demo import FULL, ensure_adapters
 from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
+from switchboard_lora.router.router import Router
 from switchboard_lora.serving.mixture import build_mixture
 from switchboard_lora.trainer.data import Example
 from switchboard_lora.trainer.encoding import encode
 from switchboard_lora.trainer.losses import loss_per_row
 
 Plan = list[tuple[str, float]]  # what serves a request: (ref, weight) pairs; [] is the base
+
+
+def routed(router: Router, texts: list[str]) -> list[Plan]:
+    """Per request, the adapters the router serves it with and their weights ([] = base)."""
+    return [[(c.ref, c.weight) for c in d.choices] for d in router.decide_texts(texts)]
 
 
 def chat(question: str, answer: str) -> Example:

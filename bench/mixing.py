@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from bench._common import HomeOption, default_base, run_benchmark
-from bench.answer_loss import AnswerLoss, Plan, chat, demo_registry, trained
+from bench.answer_loss import AnswerLoss, Plan, chat, demo_registry, routed, trained
 from bench.router_sets import extract
 from support.paths import DATA
 from switchboard_lora.registry import BaseModelInfo, Registry, RegistrySettings
@@ -58,11 +58,6 @@ def request_sets(per_set: int) -> dict[str, list[Example]]:
             load_jsonl(DATA / domain / "eval.jsonl").examples[:per_set]
         )
     return sets
-
-
-def routed(router: Router, texts: list[str]) -> list[Plan]:
-    """Per request, the adapters the router serves it with and their weights ([] = base)."""
-    return [[(c.ref, c.weight) for c in d.choices] for d in router.decide_texts(texts)]
 
 
 def measure(base: BaseModelInfo, home: Path, sets: dict[str, list[Example]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from bench.answer_loss import AnswerLoss, Plan, chat, demo_registry, trained
+from bench.answer_loss import AnswerLoss, chat, demo_registry, routed, trained
 from bench.router_sets import extract
 from support.paths import DATA
 from switchboard_lora.demo_data import DOMAINS
@@ -71,6 +71,7 @@ def regret(encoder: Encoder, home: Path | None, per_source: int = PER_SOURCE) ->
         best = [min(single, key=lambda c: single[c][i][0]) for i in range(len(texts))]
         oracle = [single[b][i] for i, b in enumerate(best)]
         by_label = [single[label][i] for i, label in enumerate(labels)]  # `base` included
+        base_best = [b == "base" for b in best]
         general = (DATA / "general" / "routes.jsonl").read_text().splitlines()
         negatives = [json.loads(line)["text"] for line in general]
         results = {}
@@ -79,29 +80,26 @@ def regret(encoder: Encoder, home: Path | None, per_source: int = PER_SOURCE) ->
                 registry.routes.add_examples(BASE_ROUTE, negatives, "bench")
             else:
                 registry.routes.remove_examples(BASE_ROUTE)
-            plans: dict[str, list[Plan]] = {}
-            for k in (1, 2):
-                router = Router(RegistryRoutes(registry), encoder, Policy(top_k=k))
-                plans[f"top-{k}"] = [
-                    [(c.ref, c.weight) for c in d.choices] for d in router.decide_texts(texts)
-                ]
-            routed = scorer.rows(encoded, plans["top-1"])
+            source = RegistryRoutes(registry)
+            plans = {
+                f"top-{k}": routed(Router(source, encoder, Policy(top_k=k)), texts) for k in (1, 2)
+            }
+            served = scorer.rows(encoded, plans["top-1"])
             mixed = scorer.rows(encoded, plans["top-2"])
-            base_best = [b == "base" for b in best]
             results[setup] = {
                 "n": len(texts),
-                "routed": token_mean(routed),
+                "routed": token_mean(served),
                 "oracle": token_mean(oracle),
                 "base": token_mean(single["base"]),
                 "top2_mix": token_mean(mixed),
                 "by_label": token_mean(by_label),
-                "regret": token_mean(routed) - token_mean(oracle),
+                "regret": token_mean(served) - token_mean(oracle),
                 "regret_by_label": token_mean(by_label) - token_mean(oracle),
-                "harm": _mean(routed, base_best) - _mean(single["base"], base_best),
+                "harm": _mean(served, base_best) - _mean(single["base"], base_best),
                 "oracle_is_base": sum(base_best),
                 "to_base": sum(not p for p in plans["top-1"]),
                 "regret_per_label": {
-                    label: _mean(routed, [lab == label for lab in labels])
+                    label: _mean(served, [lab == label for lab in labels])
                     - _mean(oracle, [lab == label for lab in labels])
                     for label in sorted(set(labels))
                 },
